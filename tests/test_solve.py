@@ -1,0 +1,73 @@
+"""The jitted driver: same iterates as a Python loop, stopping rules, logging."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import trncg_jax
+from trncg_jax import SolveStatus
+from tests.test_trust_region import rosenbrock
+
+
+def test_trncg_matches_python_loop_and_records_history():
+  x0 = jnp.array([-1.2, 1.0, 0.5])
+  res = trncg_jax.solve(rosenbrock, x0, max_steps=25)
+  assert res.status == SolveStatus.MAX_STEPS and res.num_steps == 25
+  x, state = x0, trncg_jax.trncg_init(x0)
+  losses, cg_steps = [float(rosenbrock(x0))], []
+  update = jax.jit(trncg_jax.trncg_update, static_argnums=2)
+  for _ in range(25):
+    x, state = update(x, state, rosenbrock)
+    losses.append(float(state.value))
+    cg_steps.append(int(state.info.cg_steps))
+  np.testing.assert_array_equal(res.params, x)
+  np.testing.assert_allclose(res.history["loss"], losses, rtol=1e-14)  # [0]: eager vs jit
+  np.testing.assert_array_equal(res.history["cg_steps"][1:], cg_steps)
+  assert res.history["radius"].shape == (26,)
+  assert res.compile_seconds > 0 and res.run_seconds > 0
+
+
+def test_stopping_rules():
+  x0 = jnp.array([-1.2, 1.0])
+  res = trncg_jax.solve(rosenbrock, x0, loss_tol=1e-3, max_steps=500)
+  assert res.status == SolveStatus.LOSS_TOL
+  assert res.history["loss"][-1] <= 1e-3 < res.history["loss"][-2]
+  res = trncg_jax.solve(rosenbrock, x0, grad_tol=1e-6, max_steps=500)
+  assert res.status == SolveStatus.GRAD_TOL
+  assert res.history["grad_norm"][-1] <= 1e-6 < res.history["grad_norm"][-2]
+  np.testing.assert_allclose(res.params, [1.0, 1.0], atol=1e-6)
+  # The radius starts at 2, below a minimum of 3: stagnation at once.
+  res = trncg_jax.solve(rosenbrock, x0, min_radius=3.0, max_steps=500)
+  assert res.status == SolveStatus.STAGNATION and res.num_steps == 0
+  res = trncg_jax.solve(rosenbrock, jnp.array([jnp.nan, 1.0]), max_steps=5)
+  assert res.status == SolveStatus.NON_FINITE and res.num_steps == 0
+
+
+@pytest.mark.parametrize("name,optimizer,steps", [
+    ("adam", optax.adam(5e-2), 3000),
+    ("lbfgs", optax.lbfgs(), 200),
+    ("nonlinear_cg", trncg_jax.nonlinear_cg(), 300),
+])
+def test_other_optimizers(name, optimizer, steps):
+  res = trncg_jax.solve(rosenbrock, jnp.array([-1.2, 1.0]), optimizer=optimizer,
+                        max_steps=steps, grad_tol=1e-5)
+  assert res.history["loss"][-1] < 1e-6, name
+  if name == "nonlinear_cg":
+    assert "beta" in res.history and "linesearch_steps" in res.history
+
+
+def test_log_fn_called_every_n_steps():
+  calls = []
+  trncg_jax.solve(rosenbrock, jnp.array([-1.2, 1.0]), max_steps=20,
+                  progress_every=5, log_fn=lambda *a: calls.append(a))
+  assert [c[0] for c in calls] == [5, 10, 15, 20]
+  assert all(np.isfinite(c[1]) for c in calls)
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="max_steps"):
+    trncg_jax.solve(rosenbrock, jnp.zeros(2), max_steps=0)
+  with pytest.raises(TypeError, match="scalar"):
+    trncg_jax.solve(lambda x: x, jnp.zeros(2))

@@ -1,0 +1,132 @@
+"""CG-Steihaug against an independent NumPy implementation of N&W Alg. 7.2."""
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trncg_jax.steihaug import CGExit, boundary_roots, cg_steihaug
+from tests.reference import random_symmetric, steihaug_numpy
+
+jit_steihaug = jax.jit(
+    lambda g, B, radius, tol, max_steps: cg_steihaug(
+        g, lambda v: B @ v, radius, tol, max_steps))
+
+
+@pytest.mark.parametrize("kind", ["spd", "indefinite"])
+@pytest.mark.parametrize("seed", range(12))
+def test_matches_numpy_reference(kind, seed):
+  rng = np.random.default_rng(seed)
+  n = int(rng.integers(2, 25))
+  B = random_symmetric(rng, n, kind)
+  g = rng.standard_normal(n)
+  radius = float(rng.choice([0.05, 0.5, 5.0, 100.0]))
+  tol, max_steps = 1e-8, 3 * n  # reached well within n steps: no round-off tie
+  p_ref, exit_ref, steps_ref = steihaug_numpy(g, B, radius, tol, max_steps)
+  res = jit_steihaug(jnp.asarray(g), jnp.asarray(B), radius, tol, max_steps)
+  np.testing.assert_allclose(np.asarray(res.step), p_ref, rtol=1e-10, atol=1e-10)
+  assert CGExit(int(res.exit)).name == exit_ref
+  assert int(res.steps) == steps_ref
+  # The predicted reduction from CG's recurrences equals the explicit model.
+  explicit = -(g @ p_ref + 0.5 * p_ref @ B @ p_ref)
+  np.testing.assert_allclose(float(res.predicted_reduction), explicit,
+                             rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(float(res.step_norm), np.linalg.norm(p_ref),
+                             rtol=1e-10)
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(
+    seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12),
+    kind=st.sampled_from(["spd", "indefinite"]),
+    log_radius=st.floats(-3.0, 3.0), max_steps=st.integers(1, 30))
+def test_step_inside_region_and_at_least_cauchy_decrease(seed, n, kind,
+                                                         log_radius, max_steps):
+  rng = np.random.default_rng(seed)
+  B = random_symmetric(rng, n, kind)
+  g = rng.standard_normal(n)
+  radius = 10.0**log_radius
+  res = jit_steihaug(jnp.asarray(g), jnp.asarray(B), radius, 1e-12, max_steps)
+  p = np.asarray(res.step)
+  assert np.linalg.norm(p) <= radius * (1 + 1e-6)
+  decrease = -(g @ p + 0.5 * p @ B @ p)
+  gnorm = np.linalg.norm(g)
+  cauchy = 0.5 * gnorm * min(radius, gnorm / np.linalg.norm(B, 2))  # N&W Lemma 4.3
+  assert decrease >= cauchy * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("n", [3, 10, 40])
+def test_spd_quadratic_solved_in_at_most_n_steps(n):
+  rng = np.random.default_rng(n)
+  # Well conditioned, so that finite precision keeps CG's n-step termination.
+  A = random_symmetric(rng, n, "spd", cond=10.0)
+  b = rng.standard_normal(n)
+  # m(p) = -b.p + p.A.p/2 is minimized at A^{-1} b.
+  res = jit_steihaug(-jnp.asarray(b), jnp.asarray(A), 1e6, 1e-10, 10 * n)
+  np.testing.assert_allclose(np.asarray(res.step), np.linalg.solve(A, b),
+                             rtol=1e-8, atol=1e-10)
+  assert CGExit(int(res.exit)) == CGExit.CONVERGED
+  assert int(res.steps) <= n
+
+
+def test_pytree_gradient_gives_same_step_as_flat():
+  rng = np.random.default_rng(0)
+  B = random_symmetric(rng, 7, "indefinite")
+  g = rng.standard_normal(7)
+  flat = jit_steihaug(jnp.asarray(g), jnp.asarray(B), 1.0, 1e-10, 50)
+
+  def hvp(tree):
+    v = jnp.concatenate([tree["a"].ravel(), tree["b"]])
+    out = jnp.asarray(B) @ v
+    return {"a": out[:4].reshape(2, 2), "b": out[4:]}
+
+  tree_g = {"a": jnp.asarray(g[:4]).reshape(2, 2), "b": jnp.asarray(g[4:])}
+  res = cg_steihaug(tree_g, hvp, 1.0, 1e-10, 50)
+  np.testing.assert_allclose(
+      np.concatenate([np.ravel(res.step["a"]), res.step["b"]]),
+      np.asarray(flat.step), rtol=1e-12, atol=1e-14)
+  assert res.step["a"].shape == (2, 2)
+
+
+def test_zero_gradient_returns_zero_step_without_hvp():
+  calls = []
+
+  def hvp(v):
+    calls.append(1)
+    return v
+
+  res = cg_steihaug(jnp.zeros(3), hvp, 1.0, 0.0, 10)
+  assert int(res.steps) == 0 and CGExit(int(res.exit)) == CGExit.CONVERGED
+  assert float(jnp.abs(res.step).max()) == 0.0
+
+
+def test_non_finite_hvp_gives_finite_boundary_step():
+  g = jnp.array([3.0, -4.0])
+  res = cg_steihaug(g, lambda v: v * jnp.nan, 0.5, 1e-10, 10)
+  assert CGExit(int(res.exit)) == CGExit.NON_FINITE
+  np.testing.assert_allclose(np.asarray(res.step), -0.5 * np.asarray(g) / 5.0)
+  # Linear model: m(0) - m(p) = radius * ||g||.
+  np.testing.assert_allclose(float(res.predicted_reduction), 0.5 * 5.0)
+
+
+def test_max_steps_exit():
+  rng = np.random.default_rng(3)
+  A = random_symmetric(rng, 20, "spd")
+  res = jit_steihaug(jnp.ones(20), jnp.asarray(A), 1e6, 1e-14, 2)
+  assert CGExit(int(res.exit)) == CGExit.MAX_STEPS and int(res.steps) == 2
+
+
+def test_boundary_roots_are_stable_when_b_dominates():
+  # ||z + tau d|| = radius with z nearly on the boundary and z.d huge: the
+  # textbook formula loses the small root to cancellation.
+  zz, zd, dd, radius = 1.0 - 1e-12, 1e8, 1.0, 1.0
+  tau_neg, tau_pos = boundary_roots(jnp.float64(zz), jnp.float64(zd),
+                                    jnp.float64(dd), radius)
+  c = zz - radius**2
+  exact_small = -c / (zd + np.sqrt(zd**2 - dd * c))  # rationalized, exact here
+  np.testing.assert_allclose(float(tau_pos), exact_small, rtol=1e-12)
+  np.testing.assert_allclose(float(tau_neg), -2 * zd / dd, rtol=1e-12)
+  # Vieta: the product of the roots is c / a.
+  np.testing.assert_allclose(float(tau_neg) * float(tau_pos), c / dd, rtol=1e-12)

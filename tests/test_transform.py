@@ -1,0 +1,114 @@
+"""The optax interface: same iterates as the pure API, chaining, state reuse."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import trncg_jax
+from tests.test_trust_region import rosenbrock
+
+
+def run_optax(opt, loss, params, steps, **extra_args):
+  value_and_grad = optax.value_and_grad_from_state(loss)
+
+  @jax.jit
+  def step(params, state):
+    value, grad = value_and_grad(params, state=state, **extra_args)
+    updates, state = opt.update(grad, state, params, value=value, grad=grad,
+                                value_fn=loss, **extra_args)
+    return optax.apply_updates(params, updates), state
+
+  state = opt.init(params)
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params, state
+
+
+def test_same_iterates_as_pure_api_and_through_chain():
+  x0 = jnp.array([-1.2, 1.0, 0.3])
+  x_pure, state_pure = x0, trncg_jax.trncg_init(x0)
+  update = jax.jit(trncg_jax.trncg_update, static_argnums=2)
+  for _ in range(15):
+    x_pure, state_pure = update(x_pure, state_pure, rosenbrock)
+  x_opt, state_opt = run_optax(trncg_jax.trncg(), rosenbrock, x0, 15)
+  np.testing.assert_array_equal(x_opt, x_pure)
+  np.testing.assert_array_equal(state_opt.radius, state_pure.radius)
+  # optax.chain: value_and_grad_from_state finds value/grad inside the chain.
+  x_chain, chain_state = run_optax(
+      optax.chain(trncg_jax.trncg(), optax.scale(1.0)), rosenbrock, x0, 15)
+  np.testing.assert_array_equal(x_chain, x_pure)
+  assert int(chain_state[0].count) == 15
+
+
+def test_extra_args_are_forwarded_to_value_fn():
+  def loss(x, target):
+    return jnp.sum((x - target) ** 2) + jnp.sum(x**4)
+
+  target = jnp.array([1.0, -2.0])
+  x, _ = run_optax(trncg_jax.trncg(), loss, jnp.zeros(2), 12, target=target)
+  # Stationarity of the loss: 2 (x - target) + 4 x^3 = 0.
+  np.testing.assert_allclose(2 * (x - target) + 4 * x**3, 0.0, atol=1e-8)
+
+
+def test_rejected_step_zero_updates_and_no_new_gradient():
+  evaluations = []
+
+  def loss(x):
+    jax.debug.callback(lambda: evaluations.append(1))
+    return jnp.sum(jnp.log(jnp.cosh(x - 3.0)))
+
+  opt = trncg_jax.trncg(initial_radius=1000.0, max_radius=1000.0,
+                        hvp_mode="linearize")
+  value_and_grad = optax.value_and_grad_from_state(loss)
+  x = jnp.zeros(2)
+  state = opt.init(x)
+  value, grad = value_and_grad(x, state=state)  # inf in state: evaluates
+  updates, state = opt.update(grad, state, x, value=value, grad=grad,
+                              value_fn=loss)
+  assert not bool(state.info.accepted)
+  assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(updates))
+  jax.effects_barrier()
+  evaluations.clear()
+  value2, grad2 = value_and_grad(x, state=state)
+  jax.effects_barrier()
+  assert evaluations == []  # reused from the state
+  assert float(value2) == float(value)
+  np.testing.assert_array_equal(grad2, grad)
+
+
+def test_update_without_value_fn_is_a_clear_type_error():
+  opt = trncg_jax.trncg()
+  state = opt.init(jnp.zeros(2))
+  with pytest.raises(TypeError, match="value_fn"):
+    opt.update(jnp.zeros(2), state, jnp.zeros(2))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_flax_nnx_mlp_fits_a_1d_function(dtype):
+  class MLP(nnx.Module):
+    def __init__(self, rngs):
+      self.l1 = nnx.Linear(1, 16, rngs=rngs, param_dtype=dtype, dtype=dtype)
+      self.l2 = nnx.Linear(16, 1, rngs=rngs, param_dtype=dtype, dtype=dtype)
+
+    def __call__(self, x):
+      return self.l2(jnp.tanh(self.l1(x)))
+
+  graphdef, params = nnx.split(MLP(nnx.Rngs(0)))
+  x = jnp.linspace(-1.0, 1.0, 200, dtype=dtype)[:, None]
+  y = jnp.sin(3.0 * x)
+
+  def loss(params, x, y):
+    return jnp.mean((nnx.merge(graphdef, params)(x) - y) ** 2)
+
+  initial = float(loss(params, x, y))
+  params, state = run_optax(trncg_jax.trncg(), loss, params, 60, x=x, y=y)
+  final = float(loss(params, x, y))
+  assert final < 1e-5 < initial
+  assert isinstance(params, nnx.State)
+  for leaf in jax.tree.leaves(params):
+    assert leaf.dtype == dtype
+  model = nnx.merge(graphdef, params)  # usable as a model again
+  np.testing.assert_allclose(model(x), y, atol=1e-2)

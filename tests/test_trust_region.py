@@ -1,0 +1,272 @@
+"""The trust-region outer loop: test functions, SciPy, failure paths, costs."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+import trncg_jax
+from trncg_jax import StepResult
+
+
+def rosenbrock(x):
+  return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def beale(x):
+  return ((1.5 - x[0] + x[0] * x[1]) ** 2 + (2.25 - x[0] + x[0] * x[1] ** 2) ** 2
+          + (2.625 - x[0] + x[0] * x[1] ** 3) ** 2)
+
+
+def himmelblau(x):
+  return (x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2
+
+
+# (function, start, known minimizer, minimum)
+TEST_FUNCTIONS = {
+    "rosenbrock2": (rosenbrock, [-1.2, 1.0], [1.0, 1.0]),
+    "rosenbrock10": (rosenbrock, [-1.2, 1.0] * 5, [1.0] * 10),
+    "beale": (beale, [1.0, 1.0], [3.0, 0.5]),
+    "himmelblau": (himmelblau, [0.0, 0.0], [3.0, 2.0]),
+}
+
+SCIPY_SETTINGS = dict(initial_radius=1.0, max_radius=1000.0, eta=0.15,
+                      inexact_newton=True)
+
+jit_update = jax.jit(trncg_jax.trncg_update, static_argnums=2)
+
+
+def run_until(loss, x0, gtol, max_iter=1000, **hyperparams):
+  """Iterates until ||g|| < gtol, like SciPy's loop; returns (x, state, its)."""
+  x, state = x0, trncg_jax.trncg_init(x0, **hyperparams)
+  for k in range(1, max_iter + 1):
+    x, state = jit_update(x, state, loss)
+    if float(state.info.grad_norm) < gtol:
+      return x, state, k
+  return x, state, max_iter
+
+
+@pytest.mark.parametrize("name", TEST_FUNCTIONS)
+def test_standard_functions_reach_known_minima_like_scipy(name):
+  loss, x0, xstar = TEST_FUNCTIONS[name]
+  x0 = jnp.asarray(x0)
+  x, state, iterations = run_until(loss, x0, 1e-8, **SCIPY_SETTINGS)
+  np.testing.assert_allclose(x, xstar, atol=1e-7)
+  assert float(state.value) < 1e-14  # all four minima have value 0
+  ref = scipy.optimize.minimize(
+      lambda z: float(loss(jnp.asarray(z))), np.asarray(x0),
+      jac=lambda z: np.asarray(jax.grad(loss)(jnp.asarray(z))),
+      hessp=lambda z, p: np.asarray(jax.jvp(jax.grad(loss), (jnp.asarray(z),),
+                                            (jnp.asarray(p),))[1]),
+      method="trust-ncg",
+      options=dict(initial_trust_radius=1.0, max_trust_radius=1000.0, eta=0.15,
+                   gtol=1e-8))
+  assert ref.success
+  assert abs(iterations - ref.nit) <= 0.2 * ref.nit, (iterations, ref.nit)
+
+
+def test_paper_defaults_solve_rosenbrock():
+  x, state, _ = run_until(rosenbrock, jnp.array([-1.2, 1.0]), 1e-8)
+  np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-7)
+  hp = state.hyperparams
+  assert (float(hp.initial_radius), float(hp.max_radius), float(hp.eta),
+          float(hp.cg_tol), int(hp.max_cg_steps)) == (2.0, 10.0, 1e-3, 1e-8, 500)
+
+
+def test_spd_quadratic_one_newton_step():
+  rng = np.random.default_rng(0)
+  q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+  A = jnp.asarray((q * np.linspace(1.0, 5.0, 6)) @ q.T)
+  b = jnp.asarray(rng.standard_normal(6))
+  loss = lambda x: 0.5 * x @ A @ x - b @ x
+  x, state = jit_update(jnp.zeros(6), trncg_jax.trncg_init(jnp.zeros(6)), loss)
+  np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-9)
+  assert bool(state.info.accepted)
+  np.testing.assert_allclose(float(state.info.rho), 1.0, rtol=1e-9)
+  assert int(state.info.cg_steps) <= 6
+
+
+def test_rejected_step_keeps_params_and_shrinks_radius():
+  # log cosh(x - 3) at 0 is nearly flat: the Newton step is ~100 per coordinate
+  # and overshoots far into the linear tails, so it must be rejected.
+  loss = lambda x: jnp.sum(jnp.log(jnp.cosh(x - 3.0)))
+  x0 = jnp.zeros(2)
+  state = trncg_jax.trncg_init(x0, initial_radius=1000.0, max_radius=1000.0)
+  x, state = jit_update(x0, state, loss)
+  assert StepResult(int(state.info.result)) == StepResult.REJECTED
+  assert float(state.info.rho) < 1e-3
+  np.testing.assert_array_equal(x, x0)
+  assert float(state.radius) == 250.0
+
+
+def test_nan_region_rejects_and_params_stay_finite():
+  # The loss is undefined (NaN) outside the disc of radius 2 around 0; the
+  # start (-1.2, 1) and the minimizer (1, 1) are inside, and the maximal
+  # initial radius sends the first trials outside.
+  def loss(x):
+    return jnp.where(jnp.sum(x**2) < 2.0**2, rosenbrock(x), jnp.nan)
+
+  x = jnp.array([-1.2, 1.0])
+  state = trncg_jax.trncg_init(x, initial_radius=10.0)
+  results = []
+  for _ in range(60):
+    x, state = jit_update(x, state, loss)
+    assert bool(jnp.all(jnp.isfinite(x)))
+    results.append(StepResult(int(state.info.result)))
+  assert StepResult.NON_FINITE_TRIAL in results
+  np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-6)
+
+
+def test_non_finite_current_point_leaves_params():
+  x0 = jnp.array([1.0, jnp.inf])
+  x, state = jit_update(x0, trncg_jax.trncg_init(x0), rosenbrock)
+  np.testing.assert_array_equal(x, x0)
+  assert StepResult(int(state.info.result)) == StepResult.NON_FINITE_CURRENT
+  assert float(state.radius) == 2.0
+  assert "params are left unchanged" in StepResult.NON_FINITE_CURRENT.message
+
+
+def test_stationary_point_is_reported_and_radius_kept():
+  x0 = jnp.array([1.0, 1.0])
+  x, state = jit_update(x0, trncg_jax.trncg_init(x0), rosenbrock)
+  assert StepResult(int(state.info.result)) == StepResult.STATIONARY
+  np.testing.assert_array_equal(x, x0)
+  assert float(state.radius) == 2.0 and int(state.info.cg_steps) == 0
+
+
+@pytest.mark.parametrize("name,value,allowed", [
+    ("initial_radius", 0.0, "(0.0, inf)"),
+    ("initial_radius", 20.0, "(0.0, 10.0]"),
+    ("max_radius", -1.0, "(0.0, inf)"),
+    ("eta", 0.3, "[0.0, 0.25)"),
+    ("eta", -0.1, "[0.0, 0.25)"),
+    ("cg_tol", -1e-8, "[0.0, inf)"),
+    ("max_cg_steps", 0, "[1, 2147483647]"),
+    ("max_cg_steps", 2.5, "[1, 2147483647]"),
+    ("shrink_factor", 1.0, "(0.0, 1.0)"),
+    ("expand_factor", 1.0, "(1.0, inf)"),
+    ("shrink_threshold", 0.0, "(0.0, 1.0)"),
+    ("expand_threshold", 0.1, "[0.25, 1.0)"),
+    ("initial_radius", float("nan"), "(0.0, inf)"),
+])
+def test_bad_hyperparameters_raise_value_error(name, value, allowed):
+  with pytest.raises(ValueError, match=f"{name} must be .* in {jnp.nan if 0 else ''}"):
+    trncg_jax.trncg_init(jnp.zeros(2), **{name: value})
+  with pytest.raises(ValueError) as err:
+    trncg_jax.trncg(**{name: value})
+  assert name in str(err.value) and allowed in str(err.value)
+
+
+def test_bad_hvp_mode_and_unknown_hyperparameter():
+  with pytest.raises(ValueError, match="hvp_mode must be one of"):
+    trncg_jax.trncg(hvp_mode="bfgs")
+  with pytest.raises(TypeError, match="radius"):
+    trncg_jax.trncg(radius=1.0)
+
+
+def test_non_scalar_loss_and_bad_params_raise_type_error():
+  x = jnp.zeros(3)
+  with pytest.raises(TypeError, match="scalar"):
+    jit_update(x, trncg_jax.trncg_init(x), lambda p: p**2)
+  with pytest.raises(TypeError, match="returned a tuple"):
+    jit_update(x, trncg_jax.trncg_init(x), lambda p: (jnp.sum(p), p))
+  with pytest.raises(TypeError, match="non-float dtype int"):
+    trncg_jax.trncg_init(jnp.zeros(3, jnp.int32))
+  with pytest.raises(TypeError, match="complex dtype"):
+    trncg_jax.trncg_init({"a": jnp.zeros(3, jnp.complex64)})
+  state = trncg_jax.trncg_init(x)
+  with pytest.raises(TypeError, match=r"params leaf \['w'\] has non-float"):
+    trncg_jax.trncg_update({"w": jnp.zeros(3, jnp.int32)}, state, jnp.sum)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_dtypes_preserved_through_pytree(dtype):
+  params = {"a": jnp.full((2, 2), 0.5, dtype), "b": (jnp.zeros(3, dtype),)}
+  loss = lambda p: (jnp.sum((p["a"] - 1.0) ** 2) + jnp.sum(jnp.cosh(p["b"][0] - 0.3)))
+  state = trncg_jax.trncg_init(params)
+  for _ in range(6):
+    params, state = jit_update(params, state, loss)
+  for leaf in jax.tree.leaves((params, state.grad)):
+    assert leaf.dtype == dtype
+  for leaf in (state.value, state.radius, state.info.rho, state.hyperparams.eta):
+    assert leaf.dtype == dtype
+  np.testing.assert_allclose(params["a"], 1.0, atol=1e-5)
+  np.testing.assert_allclose(params["b"][0], 0.3, atol=1e-3)
+
+
+def test_no_retracing_across_steps_and_hyperparameter_changes():
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(x, state):
+    return trncg_jax.trncg_update(x, state, rosenbrock)
+
+  x = jnp.array([-1.2, 1.0])
+  state = trncg_jax.trncg_init(x)
+  for k in range(12):
+    if k == 6:  # new hyperparameter values: arrays, so no retrace
+      hp = state.hyperparams.replace(eta=0.1, max_cg_steps=7)
+      assert float(hp.eta) == 0.1 and hp.eta.dtype == jnp.float64
+      state = state._replace(hyperparams=hp)
+    x, state = step(x, state)
+  assert int(state.count) == 12
+  with pytest.raises(ValueError, match="eta must be"):
+    state.hyperparams.replace(eta=0.5)
+
+
+@pytest.mark.parametrize("mode,extra_per_iteration", [
+    ("forward_over_reverse", "cg_steps"),  # the primal is re-run in each HVP
+    ("linearize", 1),                      # the primal is linearized once
+])
+def test_work_per_iteration(mode, extra_per_iteration):
+  """Counts primal loss evaluations: one at the trial point, plus HVPs' share."""
+  calls = []
+
+  def loss(x):
+    jax.debug.callback(lambda: calls.append(1))
+    return rosenbrock(x)
+
+  x = jnp.array([-1.2, 1.0, -0.5, 0.7])
+  state = trncg_jax.trncg_init(x, hvp_mode=mode)
+  update = jax.jit(trncg_jax.trncg_update, static_argnums=2)
+  x, state = update(x, state, loss)
+  jax.effects_barrier()
+  first = len(calls)
+  # First update: value-and-grad at x0 + HVP work + value-and-grad at trial.
+  expected_hvp = int(state.info.cg_steps) if mode == "forward_over_reverse" else 1
+  assert first == 1 + expected_hvp + 1
+  for _ in range(8):
+    calls.clear()
+    x, state = update(x, state, loss)
+    jax.effects_barrier()
+    k = int(state.info.cg_steps)
+    assert k >= 1
+    expected_hvp = k if extra_per_iteration == "cg_steps" else extra_per_iteration
+    assert len(calls) == expected_hvp + 1, (len(calls), k)
+
+
+def test_hvp_count_equals_cg_steps(monkeypatch):
+  """Each CG iteration makes exactly one HVP; the model costs none extra."""
+  import trncg_jax.hvp as hvp_module
+  counter = []
+  original = hvp_module.make_hvp
+
+  def counting_make_hvp(fun, params, mode):
+    hvp = original(fun, params, mode)
+
+    def counted(v):
+      jax.debug.callback(lambda: counter.append(1))
+      return hvp(v)
+    return counted
+
+  monkeypatch.setattr(hvp_module, "make_hvp", counting_make_hvp)
+  x = jnp.array([-1.2, 1.0, -0.5, 0.7, 0.1])
+  state = trncg_jax.trncg_init(x)
+  update = jax.jit(trncg_jax.trncg_update, static_argnums=2)
+  total_cg = 0
+  for _ in range(10):
+    x, state = update(x, state, rosenbrock)
+    total_cg += int(state.info.cg_steps)
+  jax.effects_barrier()
+  assert len(counter) == total_cg > 10

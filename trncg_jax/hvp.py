@@ -1,0 +1,86 @@
+"""Matrix-free Hessian-vector products by automatic differentiation.
+
+No Hessian is ever formed: each product ``H v`` costs a small constant times
+one gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import jax
+
+#: Forward-over-reverse, ``jax.jvp(jax.grad(f))``: each product re-runs the
+#: primal forward and backward pass with tangents. Lowest memory.
+FORWARD_OVER_REVERSE = "forward_over_reverse"
+#: Forward-over-reverse linearized once per outer iteration with
+#: ``jax.linearize``: the primal work is done once and each product in the
+#: CG loop only evaluates the tangent (linear) part. Costs the memory of the
+#: stored linearization.
+LINEARIZE = "linearize"
+#: Reverse-over-reverse, ``jax.vjp(jax.grad(f))``, valid because the Hessian is
+#: symmetric. Use it for losses with a ``jax.custom_vjp`` that has no JVP rule.
+REVERSE_OVER_REVERSE = "reverse_over_reverse"
+
+HVP_MODES = (FORWARD_OVER_REVERSE, LINEARIZE, REVERSE_OVER_REVERSE)
+
+
+@contextlib.contextmanager
+def _explain_custom_vjp(mode: str):
+  try:
+    yield
+  except TypeError as err:
+    if "custom_vjp" not in str(err):
+      raise
+    raise TypeError(
+        f"hvp_mode={mode!r} differentiates the gradient in forward mode, but "
+        "the loss contains a jax.custom_vjp function, which has no forward-mode"
+        " rule. Construct the optimizer with hvp_mode='reverse_over_reverse'."
+    ) from err
+
+
+def make_hvp(fun: Callable[[Any], jax.Array], params: Any,
+             mode: str = FORWARD_OVER_REVERSE) -> Callable[[Any], Any]:
+  """Returns ``v -> H v`` where ``H`` is the Hessian of ``fun`` at ``params``.
+
+  ``v`` and the result are pytrees with the structure and dtypes of ``params``.
+
+  Args:
+    fun: scalar function of a pytree of float arrays.
+    params: point at which the Hessian is taken.
+    mode: one of :data:`HVP_MODES`.
+
+  Returns:
+    A function computing Hessian-vector products at ``params``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from trncg_jax.hvp import make_hvp
+    >>> hvp = make_hvp(lambda x: jnp.sum(x ** 3), jnp.array([1.0, 2.0]))
+    >>> hvp(jnp.array([1.0, 1.0]))
+    Array([ 6., 12.], dtype=float32)
+
+  References:
+    Nocedal & Wright, *Numerical Optimization*, 2nd ed., Section 8.2
+    (automatic differentiation of Hessian-vector products), pp. 204-213.
+    Pearlmutter, "Fast exact multiplication by the Hessian", 1994.
+  """
+  grad_fn = jax.grad(fun)
+  if mode == FORWARD_OVER_REVERSE:
+    def hvp(v):
+      with _explain_custom_vjp(mode):
+        return jax.jvp(grad_fn, (params,), (v,))[1]
+    return hvp
+  if mode == LINEARIZE:
+    with _explain_custom_vjp(mode):
+      _, linear_fn = jax.linearize(grad_fn, params)
+
+    def hvp(v):
+      with _explain_custom_vjp(mode):  # some JAX versions fail only here
+        return linear_fn(v)
+    return hvp
+  if mode == REVERSE_OVER_REVERSE:
+    _, vjp_fn = jax.vjp(grad_fn, params)
+    return lambda v: vjp_fn(v)[0]
+  raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {mode!r}")

@@ -1,0 +1,196 @@
+"""CG-Steihaug: conjugate gradient for the trust-region subproblem.
+
+Approximately solves
+
+.. math::
+
+  \\min_p\\; m(p) = g^\\top p + \\tfrac12 p^\\top B p
+  \\quad\\text{subject to}\\quad \\|p\\| \\le \\Delta
+
+using only products ``B v``, in a ``lax.while_loop`` over pytrees.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class CGExit(enum.IntEnum):
+  """Why CG-Steihaug stopped (the ``cg_exit`` diagnostic)."""
+
+  #: The residual fell to the tolerance inside the trust region.
+  CONVERGED = 0
+  #: ``d^T B d <= 0``: the step follows ``d`` to the boundary point with the
+  #: lower model value.
+  NEGATIVE_CURVATURE = 1
+  #: The next CG iterate would leave the region: the step stops on the boundary.
+  HIT_BOUNDARY = 2
+  #: ``max_steps`` CG iterations were taken; the last iterate is returned.
+  MAX_STEPS = 3
+  #: A Hessian-vector product was NaN or inf. The step follows the current CG
+  #: direction to the boundary under the linear model; the outer trust region
+  #: then accepts or rejects it on the true loss.
+  NON_FINITE = 4
+
+
+class SteihaugResult(NamedTuple):
+  """The solution of the trust-region subproblem, with its stats.
+
+  Attributes:
+    step: the step ``p``, a pytree like the gradient.
+    predicted_reduction: ``m(0) - m(p)``, from CG's own recurrences.
+    step_norm: ``||p||``.
+    steps: the number of CG iterations, equal to the number of HVPs.
+    exit: a :class:`CGExit`, as an int32 array.
+    residual_norm: ``||g + B z||`` at the last interior iterate.
+  """
+
+  step: Any
+  predicted_reduction: jax.Array
+  step_norm: jax.Array
+  steps: jax.Array
+  exit: jax.Array
+  residual_norm: jax.Array
+
+
+def boundary_roots(zz, zd, dd, radius):
+  """Both roots ``tau`` of ``||z + tau d|| = radius`` for ``||z|| <= radius``.
+
+  Written as ``q = -(b + sign(b) sqrt(b^2 - a c))``, roots ``q / a`` and
+  ``c / q`` (with ``a = d.d``, ``b = z.d``, ``c = z.z - radius^2 <= 0``), which
+  avoids the cancellation of the textbook formula when ``|b|`` dominates.
+
+  Args:
+    zz: ``z.z``.
+    zd: ``z.d``.
+    dd: ``d.d``, positive.
+    radius: the trust-region radius.
+
+  Returns:
+    ``(tau_neg, tau_pos)`` with ``tau_neg <= 0 <= tau_pos``.
+
+  References:
+    Press et al., *Numerical Recipes*, 3rd ed., Section 5.6, p. 227.
+  """
+  c = jnp.minimum(zz - radius**2, 0.0)  # z is inside, so c <= 0 exactly
+  sq = jnp.sqrt(jnp.maximum(zd**2 - dd * c, 0.0))
+  q = -(zd + jnp.where(zd >= 0, sq, -sq))
+  safe_q = jnp.where(q == 0, 1.0, q)
+  root1 = q / jnp.where(dd > 0, dd, 1.0)
+  root2 = jnp.where(q == 0, 0.0, c / safe_q)
+  return jnp.minimum(root1, root2), jnp.maximum(root1, root2)
+
+
+class _Carry(NamedTuple):
+  steps: jax.Array
+  z: Any
+  r: Any
+  d: Any
+  rr: jax.Array  # r.r
+  zz: jax.Array  # z.z
+  model: jax.Array  # m(z) - m(0)
+  exit: jax.Array
+  done: jax.Array
+
+
+def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
+             tol: jax.Array, max_steps: jax.Array) -> SteihaugResult:
+  """Solves the trust-region subproblem by CG-Steihaug (N&W Algorithm 7.2).
+
+  Starting from ``z_0 = 0``, ``r_0 = g``, ``d_0 = -g``, CG iterates
+  ``z_{j+1} = z_j + alpha_j d_j`` with ``alpha_j = r_j^T r_j / d_j^T B d_j``
+  until one of: ``d_j^T B d_j <= 0`` (go to the boundary along ``d_j``, at the
+  root of lower model value); ``||z_{j+1}|| >= radius`` (stop on the boundary);
+  ``||r_{j+1}|| <= tol``; ``max_steps`` iterations.
+
+  The model value is carried by the exact recurrence
+  ``m(z + tau d) - m(z) = tau r^T d + tau^2 d^T B d / 2`` with ``r = g + B z``,
+  so the predicted reduction costs no extra Hessian-vector product.
+
+  Args:
+    grad: the gradient ``g``, any pytree of float arrays.
+    hvp: ``v -> B v`` on pytrees shaped like ``grad``.
+    radius: the trust-region radius ``Delta > 0``.
+    tol: absolute tolerance on the residual norm ``||g + B z||``.
+    max_steps: the largest number of CG iterations (of HVPs).
+
+  Returns:
+    A :class:`SteihaugResult`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from trncg_jax.steihaug import cg_steihaug, CGExit
+    >>> A = jnp.array([[2.0, 0.0], [0.0, 4.0]])
+    >>> res = cg_steihaug(jnp.array([-2.0, -4.0]), lambda v: A @ v, 10.0, 1e-6, 10)
+    >>> print(jnp.round(res.step, 4), CGExit(int(res.exit)).name, int(res.steps))
+    [1. 1.] CONVERGED 2
+
+  References:
+    Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithm 7.2
+    (CG-Steihaug), p. 171; Theorem 7.3, p. 172.
+  """
+  dtype = jnp.result_type(*jax.tree_util.tree_leaves(grad))
+  radius = jnp.asarray(radius, dtype)
+  tol = jnp.asarray(tol, dtype)
+  rr0 = optax.tree.vdot(grad, grad).astype(dtype)
+  zeros = optax.tree.zeros_like(grad)
+  zero = jnp.zeros((), dtype)
+  init = _Carry(
+      steps=jnp.zeros((), jnp.int32), z=zeros, r=grad,
+      d=optax.tree.scale(-1.0, grad), rr=rr0, zz=zero, model=zero,
+      exit=jnp.asarray(CGExit.CONVERGED, jnp.int32),
+      done=jnp.sqrt(rr0) <= tol)
+
+  def body(c: _Carry) -> _Carry:
+    bd = hvp(c.d)
+    curvature = optax.tree.vdot(c.d, bd)
+    dd = optax.tree.vdot(c.d, c.d)
+    zd = optax.tree.vdot(c.z, c.d)
+    rd = optax.tree.vdot(c.r, c.d)
+    finite = jnp.isfinite(curvature)
+    # A non-finite curvature is treated as zero: the model turns linear.
+    curvature_used = jnp.where(finite, curvature, 0.0)
+
+    def model_at(tau):
+      return c.model + tau * rd + 0.5 * tau**2 * curvature_used
+
+    tau_neg, tau_pos = boundary_roots(c.zz, zd, dd, radius)
+    go_to_boundary = (curvature <= 0) | ~finite
+    tau_boundary_min = jnp.where(model_at(tau_neg) < model_at(tau_pos),
+                                 tau_neg, tau_pos)
+    alpha = c.rr / jnp.where(go_to_boundary, 1.0, curvature)
+    zz_interior = c.zz + 2 * alpha * zd + alpha**2 * dd
+    hits = ~go_to_boundary & (zz_interior >= radius**2)
+    tau = jnp.where(go_to_boundary, tau_boundary_min,
+                    jnp.where(hits, tau_pos, alpha))
+
+    r_next = optax.tree.add_scale(c.r, alpha, bd)
+    rr_next = optax.tree.vdot(r_next, r_next)
+    converged = ~go_to_boundary & ~hits & (jnp.sqrt(rr_next) <= tol)
+    beta = rr_next / jnp.where(c.rr > 0, c.rr, 1.0)
+    steps = c.steps + 1
+    exit_code = jnp.select(
+        [~finite, go_to_boundary, hits, converged],
+        [CGExit.NON_FINITE, CGExit.NEGATIVE_CURVATURE, CGExit.HIT_BOUNDARY,
+         CGExit.CONVERGED], CGExit.MAX_STEPS).astype(jnp.int32)
+    return _Carry(
+        steps=steps,
+        z=optax.tree.add_scale(c.z, tau, c.d),
+        r=r_next,
+        d=optax.tree.add_scale(optax.tree.scale(-1.0, r_next), beta, c.d),
+        rr=jnp.where(go_to_boundary | hits, c.rr, rr_next),
+        zz=c.zz + 2 * tau * zd + tau**2 * dd,
+        model=model_at(tau),
+        exit=exit_code,
+        done=go_to_boundary | hits | converged | (steps >= max_steps))
+
+  out = jax.lax.while_loop(lambda c: ~c.done, body, init)
+  return SteihaugResult(
+      step=out.z, predicted_reduction=-out.model,
+      step_norm=jnp.sqrt(jnp.maximum(out.zz, 0.0)), steps=out.steps,
+      exit=out.exit, residual_norm=jnp.sqrt(out.rr))

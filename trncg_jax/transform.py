@@ -1,0 +1,78 @@
+"""The optax interface to trust-region Newton-CG."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import optax
+
+from trncg_jax._checks import check_float_params, check_scalar_loss
+from trncg_jax.trust_region import TRNCGHyperparams, TRNCGState, init_state, trust_region_step
+
+
+def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
+  """Trust-region Newton-CG as an optax transformation.
+
+  It follows the line-search convention of ``optax.lbfgs``: ``update`` takes
+  the loss through ``value_fn`` (extra keyword arguments are forwarded to it)
+  and the value and gradient at ``params`` through ``value`` and ``grad``. The
+  returned updates are the accepted step, or zeros when the step is rejected.
+  The value and gradient of the accepted point are kept in the state (as
+  ``value`` and ``grad``), so ``optax.value_and_grad_from_state`` reuses them:
+  a rejected step costs no new gradient. See :func:`trncg_jax.trncg_update`
+  for the algorithm.
+
+  Put ``trncg`` first in an ``optax.chain``: the trust-region model needs the
+  true gradient of ``value_fn``, and later transformations only see the step.
+
+  Args:
+    **hyperparams: the fields of :class:`trncg_jax.TRNCGHyperparams`, checked
+      here (``ValueError`` names a parameter out of range).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`trncg_jax.TRNCGState`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import trncg_jax
+    >>> def loss(x):
+    ...   return jnp.sum((x - 1.0) ** 2) + 0.1 * jnp.sum(x ** 4)
+    >>> opt = trncg_jax.trncg()
+    >>> x = jnp.zeros(3)
+    >>> state = opt.init(x)
+    >>> value_and_grad = optax.value_and_grad_from_state(loss)
+    >>> for _ in range(8):
+    ...   value, grad = value_and_grad(x, state=state)
+    ...   updates, state = opt.update(grad, state, x, value=value, grad=grad,
+    ...                               value_fn=loss)
+    ...   x = optax.apply_updates(x, updates)
+    >>> print(jnp.round(x, 4))
+    [0.8688 0.8688 0.8688]
+
+  References:
+    Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithm 4.1, p. 69,
+    and Algorithm 7.2, p. 171.
+  """
+  config = TRNCGHyperparams(**hyperparams).validate()
+
+  def init_fn(params: Any) -> TRNCGState:
+    return init_state(params, config)
+
+  def update_fn(updates: Any, state: TRNCGState, params: Any = None, *,
+                value_fn: Optional[Callable[..., jax.Array]] = None,
+                value: Optional[jax.Array] = None, grad: Any = None,
+                **extra_args) -> tuple[Any, TRNCGState]:
+    if params is None or value_fn is None:
+      raise TypeError(
+          "trncg's update needs params and value_fn: call "
+          "update(grads, state, params, value_fn=loss, value=..., grad=...).")
+    check_float_params(params, "trncg")
+    fun = lambda p: value_fn(p, **extra_args)
+    check_scalar_loss(fun, params, "trncg")
+    grad = updates if grad is None else grad
+    value = fun(params) if value is None else value
+    return trust_region_step(fun, params, value, grad, state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

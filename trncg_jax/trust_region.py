@@ -1,0 +1,407 @@
+"""The trust-region Newton-CG method: state, diagnostics and the pure update.
+
+One outer iteration (N&W Algorithm 4.1) at params ``x`` with value ``f`` and
+gradient ``g`` already known:
+
+1. ``p`` approximately minimizes ``m(p) = f + g^T p + p^T H p / 2`` over
+   ``||p|| <= Delta`` by CG-Steihaug, with Hessian-vector products only;
+2. the loss and gradient are evaluated once at ``x + p``;
+3. ``rho = (f - f(x + p)) / (m(0) - m(p))``; the step is accepted when
+   ``rho > eta`` and the trial value and gradient are finite;
+4. ``Delta`` shrinks when ``rho < 1/4`` and grows (up to ``max_radius``) when
+   ``rho > 3/4`` and the step reached the boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from trncg_jax import hvp as hvp_lib
+from trncg_jax._checks import check_float_params, check_number, check_scalar_loss
+from trncg_jax.steihaug import CGExit, cg_steihaug
+
+
+class StepResult(enum.IntEnum):
+  """What one outer iteration did (``info.result``); see :meth:`message`."""
+
+  ACCEPTED = 0
+  REJECTED = 1
+  NON_FINITE_TRIAL = 2
+  NON_FINITE_CURRENT = 3
+  STATIONARY = 4
+
+  @property
+  def message(self) -> str:
+    return _MESSAGES[self]
+
+
+_MESSAGES = {
+    StepResult.ACCEPTED: "Step accepted.",
+    StepResult.REJECTED: (
+        "Step rejected: rho <= eta, the quadratic model predicted the loss "
+        "badly. The radius shrinks and the next iteration retries; no action "
+        "is needed unless this repeats until the radius underflows, which "
+        "points to a loss that is not twice differentiable or to float32 "
+        "round-off near convergence (try float64)."),
+    StepResult.NON_FINITE_TRIAL: (
+        "Step rejected: the loss or gradient at the trial point is NaN or inf."
+        " The radius shrinks so the next trial stays closer. If this repeats, "
+        "check the loss for undefined regions (log or sqrt of negatives, "
+        "division by zero) or lower initial_radius."),
+    StepResult.NON_FINITE_CURRENT: (
+        "The loss or gradient at the current params is NaN or inf; params are"
+        " left unchanged. Check the initial params and the data passed to the"
+        " loss."),
+    StepResult.STATIONARY: (
+        "The gradient norm is below the CG tolerance: params are at a "
+        "stationary point. Stop iterating."),
+}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TRNCGHyperparams:
+  """Hyperparameters, stored as arrays so that changing them never recompiles.
+
+  The defaults are the paper's (Boyd & Tanadi 2025); the radius update rule is
+  N&W Algorithm 4.1. ``hvp_mode`` is static: it selects code.
+
+  Attributes:
+    initial_radius: ``Delta_0 = 2``, kept small as in the paper.
+    max_radius: ``Delta_hat = 10``, large enough to leave saddle regions.
+    eta: acceptance threshold on ``rho``, ``1e-3`` to favour acceptance.
+      N&W require ``eta`` in ``[0, 1/4)`` for global convergence (Thm 4.6).
+    cg_tol: absolute CG residual tolerance, ``1e-8`` (accurate Newton steps).
+    inexact_newton: if true, the CG tolerance is SciPy's
+      ``min(0.5, sqrt(||g||)) ||g||`` (N&W eq. 7.3, superlinear rate) instead of
+      ``cg_tol``.
+    max_cg_steps: CG iterations per subproblem, ``500``.
+    shrink_factor: ``Delta <- shrink_factor * Delta`` when ``rho <
+      shrink_threshold``; ``0.25`` and ``0.25`` as in N&W Algorithm 4.1.
+    expand_factor: ``Delta <- min(expand_factor * Delta, max_radius)`` when
+      ``rho > expand_threshold`` on the boundary; ``2`` and ``0.75``.
+    shrink_threshold: see ``shrink_factor``.
+    expand_threshold: see ``expand_factor``.
+    hvp_mode: one of :data:`trncg_jax.hvp.HVP_MODES`.
+  """
+
+  initial_radius: Any = 2.0
+  max_radius: Any = 10.0
+  eta: Any = 1e-3
+  cg_tol: Any = 1e-8
+  inexact_newton: Any = False
+  max_cg_steps: Any = 500
+  shrink_factor: Any = 0.25
+  expand_factor: Any = 2.0
+  shrink_threshold: Any = 0.25
+  expand_threshold: Any = 0.75
+  hvp_mode: str = dataclasses.field(
+      default=hvp_lib.FORWARD_OVER_REVERSE, metadata=dict(static=True))
+
+  def validate(self) -> "TRNCGHyperparams":
+    """Raises ``ValueError`` naming any parameter outside its allowed range.
+
+    Called by the constructors (:func:`trncg_init`, :func:`trncg_jax.trncg`),
+    not on pytree unflattening, which rebuilds this class with abstract leaves.
+    """
+    check_number("initial_radius", self.initial_radius, 0.0, float("inf"),
+                 low_open=True, high_open=True)
+    check_number("max_radius", self.max_radius, 0.0, float("inf"),
+                 low_open=True, high_open=True)
+    if not any(isinstance(x, jax.core.Tracer)
+               for x in (self.initial_radius, self.max_radius)):
+      check_number("initial_radius", self.initial_radius, 0.0,
+                   float(self.max_radius), low_open=True)
+    check_number("shrink_threshold", self.shrink_threshold, 0.0, 1.0,
+                 low_open=True, high_open=True)
+    if not isinstance(self.shrink_threshold, jax.core.Tracer):
+      check_number("eta", self.eta, 0.0, float(self.shrink_threshold),
+                   high_open=True)
+      check_number("expand_threshold", self.expand_threshold,
+                   float(self.shrink_threshold), 1.0, high_open=True)
+    check_number("cg_tol", self.cg_tol, 0.0, float("inf"), high_open=True)
+    check_number("max_cg_steps", self.max_cg_steps, 1, 2**31 - 1,
+                 integer=True)
+    check_number("shrink_factor", self.shrink_factor, 0.0, 1.0,
+                 low_open=True, high_open=True)
+    check_number("expand_factor", self.expand_factor, 1.0, float("inf"),
+                 low_open=True, high_open=True)
+    if not isinstance(self.inexact_newton, (bool, jax.Array)):
+      raise ValueError(
+          f"inexact_newton must be a bool, got {self.inexact_newton!r}")
+    if self.hvp_mode not in hvp_lib.HVP_MODES:
+      raise ValueError(
+          f"hvp_mode must be one of {hvp_lib.HVP_MODES}, got {self.hvp_mode!r}")
+    return self
+
+  def replace(self, **changes) -> "TRNCGHyperparams":
+    """New values, validated and cast to the current dtypes (no retrace).
+
+    Examples:
+      >>> import jax.numpy as jnp, trncg_jax
+      >>> state = trncg_jax.trncg_init(jnp.zeros(2))
+      >>> state = state._replace(
+      ...     hyperparams=state.hyperparams.replace(eta=0.1, max_cg_steps=20))
+      >>> state.hyperparams.eta, int(state.hyperparams.max_cg_steps)
+      (Array(0.1, dtype=float32), 20)
+    """
+    new = dataclasses.replace(self, **changes)
+    dataclasses.replace(jax.tree.map(lambda x: x.item(), self),
+                        **changes).validate()
+    return dataclasses.replace(new, **{
+        name: jnp.asarray(value, jnp.result_type(getattr(self, name)))
+        for name, value in changes.items() if name != "hvp_mode"})
+
+  def as_arrays(self, dtype) -> "TRNCGHyperparams":
+    """The same hyperparameters as arrays: floats in ``dtype``."""
+    def cast(name, value):
+      if name == "max_cg_steps":
+        return jnp.asarray(value, jnp.int32)
+      if name == "inexact_newton":
+        return jnp.asarray(value, bool)
+      return jnp.asarray(value, dtype)
+    return dataclasses.replace(self, **{
+        f.name: cast(f.name, getattr(self, f.name))
+        for f in dataclasses.fields(self) if f.name != "hvp_mode"})
+
+
+class TRNCGInfo(NamedTuple):
+  """Diagnostics of the last outer iteration.
+
+  The value is called ``loss`` (not ``value``) so that
+  ``optax.value_and_grad_from_state`` finds exactly one ``value`` in the state.
+
+  Attributes:
+    loss: the loss at the params returned by this update.
+    grad_norm: the gradient norm there.
+    radius: the radius ``Delta`` this iteration's subproblem used.
+    rho: actual over predicted reduction (``-inf`` when undefined).
+    actual_reduction: ``f(x) - f(x + p)``.
+    predicted_reduction: ``m(0) - m(p)``.
+    step_norm: ``||p||``.
+    cg_steps: CG iterations, which is the number of HVPs.
+    cg_exit: a :class:`trncg_jax.CGExit`.
+    accepted: whether params moved.
+    result: a :class:`StepResult`.
+  """
+
+  loss: jax.Array
+  grad_norm: jax.Array
+  radius: jax.Array
+  rho: jax.Array
+  actual_reduction: jax.Array
+  predicted_reduction: jax.Array
+  step_norm: jax.Array
+  cg_steps: jax.Array
+  cg_exit: jax.Array
+  accepted: jax.Array
+  result: jax.Array
+
+
+class TRNCGState(NamedTuple):
+  """State of the trust-region Newton-CG method.
+
+  Attributes:
+    count: outer iterations taken.
+    value: the loss at the current params (``inf`` until first evaluated).
+    grad: the gradient at the current params.
+    radius: the trust-region radius for the next iteration.
+    hyperparams: a :class:`TRNCGHyperparams` of arrays.
+    info: a :class:`TRNCGInfo` for the last iteration.
+  """
+
+  count: jax.Array
+  value: jax.Array
+  grad: Any
+  radius: jax.Array
+  hyperparams: TRNCGHyperparams
+  info: TRNCGInfo
+
+
+def _float_dtype(params):
+  return jnp.result_type(*jax.tree_util.tree_leaves(params))
+
+
+def init_state(params: Any, hyperparams: TRNCGHyperparams) -> TRNCGState:
+  """The state before the first iteration, with hyperparams in params' dtype."""
+  check_float_params(params, "trncg")
+  dtype = _float_dtype(params)
+  hp = hyperparams.as_arrays(dtype)
+  inf = jnp.asarray(jnp.inf, dtype)
+  zero = jnp.zeros((), dtype)
+  info = TRNCGInfo(
+      loss=inf, grad_norm=inf, radius=hp.initial_radius, rho=zero,
+      actual_reduction=zero, predicted_reduction=zero, step_norm=zero,
+      cg_steps=jnp.zeros((), jnp.int32),
+      cg_exit=jnp.asarray(CGExit.CONVERGED, jnp.int32),
+      accepted=jnp.asarray(False),
+      result=jnp.asarray(StepResult.ACCEPTED, jnp.int32))
+  return TRNCGState(
+      count=jnp.zeros((), jnp.int32), value=inf,
+      grad=optax.tree.zeros_like(params), radius=hp.initial_radius,
+      hyperparams=hp, info=info)
+
+
+def _is_finite_tree(tree) -> jax.Array:
+  return jnp.all(jnp.asarray(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _value_and_grad(fun, params, dtype):
+  value, grad = jax.value_and_grad(fun)(params)
+  return value.astype(dtype), grad
+
+
+def trust_region_step(fun: Callable[[Any], jax.Array], params: Any,
+                      value: jax.Array, grad: Any,
+                      state: TRNCGState) -> tuple[Any, TRNCGState]:
+  """One outer iteration from a known value and gradient.
+
+  Shared by :func:`trncg_update` and the optax transformation.
+
+  Args:
+    fun: the loss as a function of params alone.
+    params: the current params.
+    value: ``fun(params)``.
+    grad: ``jax.grad(fun)(params)``.
+    state: the current :class:`TRNCGState`.
+
+  Returns:
+    ``(updates, new_state)``: ``updates`` is the step when accepted and zeros
+    otherwise, so that ``params + updates`` are the new params.
+  """
+  hp = state.hyperparams
+  dtype = state.value.dtype
+  value = jnp.asarray(value, dtype)
+  radius = state.radius
+  grad_norm = optax.tree.norm(grad)
+  current_finite = jnp.isfinite(value) & _is_finite_tree(grad)
+  tol = jnp.where(hp.inexact_newton,
+                  jnp.minimum(0.5, jnp.sqrt(grad_norm)) * grad_norm, hp.cg_tol)
+
+  cg = cg_steihaug(grad, hvp_lib.make_hvp(fun, params, hp.hvp_mode), radius, tol,
+                hp.max_cg_steps)
+  trial = optax.tree.add(params, cg.step)
+  trial_value, trial_grad = jax.value_and_grad(fun)(trial)
+  trial_value = trial_value.astype(dtype)
+  trial_finite = jnp.isfinite(trial_value) & _is_finite_tree(trial_grad)
+
+  actual = value - trial_value
+  predicted = cg.predicted_reduction
+  defined = (predicted > 0) & jnp.isfinite(actual) & trial_finite
+  rho = jnp.where(defined, actual / jnp.where(defined, predicted, 1.0),
+                  -jnp.inf).astype(dtype)
+  stationary = (cg.steps == 0) & current_finite
+  accepted = current_finite & ~stationary & (rho > hp.eta)
+  on_boundary = ((cg.exit == CGExit.NEGATIVE_CURVATURE)
+                 | (cg.exit == CGExit.HIT_BOUNDARY)
+                 | (cg.exit == CGExit.NON_FINITE))
+  new_radius = jnp.where(
+      rho < hp.shrink_threshold, hp.shrink_factor * radius,
+      jnp.where((rho > hp.expand_threshold) & on_boundary,
+                jnp.minimum(hp.expand_factor * radius, hp.max_radius), radius))
+  new_radius = jnp.where(current_finite & ~stationary, new_radius, radius)
+
+  updates = optax.tree.where(accepted, cg.step, optax.tree.zeros_like(cg.step))
+  new_value = jnp.where(accepted, trial_value, value)
+  new_grad = optax.tree.where(accepted, trial_grad, grad)
+  result = jnp.select(
+      [~current_finite, stationary, accepted, ~trial_finite],
+      [StepResult.NON_FINITE_CURRENT, StepResult.STATIONARY,
+       StepResult.ACCEPTED, StepResult.NON_FINITE_TRIAL],
+      StepResult.REJECTED).astype(jnp.int32)
+  info = TRNCGInfo(
+      loss=new_value, grad_norm=jnp.where(accepted, optax.tree.norm(trial_grad),
+                                          grad_norm),
+      radius=radius, rho=rho, actual_reduction=actual.astype(dtype),
+      predicted_reduction=predicted.astype(dtype), step_norm=cg.step_norm,
+      cg_steps=cg.steps, cg_exit=cg.exit, accepted=accepted, result=result)
+  new_state = TRNCGState(
+      count=state.count + 1, value=new_value, grad=new_grad,
+      radius=new_radius.astype(dtype), hyperparams=hp, info=info)
+  return updates, new_state
+
+
+def trncg_init(params: Any, **hyperparams) -> TRNCGState:
+  """Initializes the trust-region Newton-CG state.
+
+  Args:
+    params: a pytree of float arrays (float32 or float64).
+    **hyperparams: the fields of :class:`TRNCGHyperparams`; checked here, with
+      a ``ValueError`` naming any parameter out of its range.
+
+  Returns:
+    A :class:`TRNCGState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import trncg_jax
+    >>> state = trncg_jax.trncg_init(jnp.zeros(3), initial_radius=1.0)
+    >>> float(state.radius)
+    1.0
+  """
+  return init_state(params, TRNCGHyperparams(**hyperparams).validate())
+
+
+def trncg_update(params: Any, state: TRNCGState,
+                 loss_fn: Callable[..., jax.Array], *args) -> tuple[Any, TRNCGState]:
+  """One trust-region Newton-CG iteration, as a pure function.
+
+  .. math::
+
+    p_k \\approx \\arg\\min_{\\|p\\| \\le \\Delta_k} g_k^\\top p
+      + \\tfrac12 p^\\top \\nabla^2 f(x_k) p, \\qquad
+    \\rho_k = \\frac{f(x_k) - f(x_k + p_k)}{m_k(0) - m_k(p_k)}, \\qquad
+    x_{k+1} = \\begin{cases} x_k + p_k & \\rho_k > \\eta \\\\
+                             x_k & \\text{otherwise.}\\end{cases}
+
+  The value and gradient at the current params are taken from ``state`` (they
+  were computed at the trial point of the previous iteration), or computed
+  when the state holds none. Per iteration the cost is the CG's HVPs plus one
+  value-and-gradient at the trial point.
+
+  Args:
+    params: a pytree of float arrays; never flattened.
+    state: from :func:`trncg_init` or a previous update.
+    loss_fn: ``loss_fn(params, *args)`` returns a float scalar. Mark it static
+      under ``jax.jit``.
+    *args: extra arguments for ``loss_fn``, e.g. data.
+
+  Returns:
+    ``(new_params, new_state)``.
+
+  Raises:
+    TypeError: at trace time, for non-float params or a non-scalar loss.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import trncg_jax
+    >>> def loss(x, c):
+    ...   return jnp.sum((x - c) ** 2) + jnp.sum(x ** 4)
+    >>> update = jax.jit(trncg_jax.trncg_update, static_argnums=2)
+    >>> x = jnp.zeros(2)
+    >>> state = trncg_jax.trncg_init(x)
+    >>> for _ in range(10):
+    ...   x, state = update(x, state, loss, jnp.array([1.0, -1.0]))
+    >>> print(jnp.round(x, 4), int(state.count))
+    [ 0.5898 -0.5898] 10
+
+  References:
+    Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithm 4.1
+    (Trust Region), p. 69, and Algorithm 7.2 (CG-Steihaug), p. 171.
+  """
+  check_float_params(params, "trncg_update")
+  fun = lambda p: loss_fn(p, *args)
+  check_scalar_loss(fun, params, "trncg_update")
+  value, grad = jax.lax.cond(
+      jnp.isfinite(state.value),
+      lambda: (state.value, state.grad),
+      lambda: _value_and_grad(fun, params, state.value.dtype))
+  updates, state = trust_region_step(fun, params, value, grad, state)
+  return optax.tree.add(params, updates), state
