@@ -13,6 +13,9 @@ parameters.
 
 from __future__ import annotations
 
+import functools
+import os
+import pathlib
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -58,14 +61,22 @@ def count_params(params) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
 
 
-def init_mlp(sizes, seed: int, dtype=jnp.float32):
-  """Returns ``(apply, params)``: ``apply(params, x)`` and an nnx.State."""
-  graphdef, params = nnx.split(MLP(sizes, rngs=nnx.Rngs(seed), dtype=dtype))
+@functools.lru_cache(maxsize=None)
+def mlp_apply(sizes: tuple, dtype=jnp.float32) -> Callable:
+  """``apply(params, x)`` for an MLP of ``sizes``: one function per
+  architecture, so that jitted loops compile once for all seeds and targets."""
+  graphdef, _ = nnx.split(MLP(sizes, rngs=nnx.Rngs(0), dtype=dtype))
 
   def apply(params, x):
     return nnx.merge(graphdef, params)(x)
 
-  return apply, params
+  return apply
+
+
+def init_mlp(sizes, seed: int, dtype=jnp.float32):
+  """Returns ``(apply, params)``: ``apply(params, x)`` and an nnx.State."""
+  _, params = nnx.split(MLP(sizes, rngs=nnx.Rngs(seed), dtype=dtype))
+  return mlp_apply(tuple(sizes), dtype), params
 
 
 class Problem(NamedTuple):
@@ -88,9 +99,183 @@ def elementary_problem(name: str, n_train: int = 10_000, n_test: int = 10_000,
   x_test = np.linspace(-1.0, 1.0, n_test)[:, None]
   x_train, x_test = jnp.asarray(x_train, dtype), jnp.asarray(x_test, dtype)
   apply, params = init_mlp(N_E_SIZES, seed, dtype)
+  return Problem(name, apply, params, _mse_loss(apply), (x_train, f(x_train)),
+                 (x_test, f(x_test)))
 
+
+@functools.lru_cache(maxsize=None)
+def _mse_loss(apply):
   def loss(params, x, y):
     return jnp.mean((apply(params, x) - y) ** 2)
+  return loss
 
-  return Problem(name, apply, params, loss, (x_train, f(x_train)),
-                 (x_test, f(x_test)))
+
+# --------------------------------------------------------------------------
+# Heat equation u_t = alpha (u_xx + u_yy) on (0,1)^2 x (0, T).
+
+#: Diffusivity. The paper does not state it. With alpha = 0.1 the diffusion
+#: length sqrt(alpha t) is 0.32 at t = 1 (a transient: the test time) and 0.71
+#: at t = 5 (close to the steady state), so (0, 5) spans both regimes.
+HEAT_ALPHA = 0.1
+HEAT_T_END = 5.0
+#: Weight of the data terms in lambda (f_BC + f_IC) + (1 - lambda) f_PDE. Not
+#: given in the paper; 0.5 weighs data and physics equally.
+HEAT_LAMBDA = 0.5
+
+
+def heat_boundary_value(x, y):
+  """The paper's Dirichlet data: 1 on the top (y=1) and left (x=0) edges, 0 on
+  the bottom (y=0) and right (x=1) edges. Corners take the top/left value."""
+  return jnp.where((y >= 1.0) | (x <= 0.0), 1.0, 0.0)
+
+
+def smooth_heat_exact(x, y, t, alpha=HEAT_ALPHA, xp=jnp):
+  """u = exp(-2 alpha pi^2 t) sin(pi x) sin(pi y): zero Dirichlet data."""
+  return (xp.exp(-2 * alpha * np.pi**2 * t) * xp.sin(np.pi * x)
+          * xp.sin(np.pi * y))
+
+
+def latin_hypercube(n: int, bounds, seed: int) -> np.ndarray:
+  """``n`` Latin-hypercube points in the box ``bounds = [(lo, hi), ...]``."""
+  from scipy.stats import qmc  # pylint: disable=g-import-not-at-top
+  sample = qmc.LatinHypercube(d=len(bounds), seed=seed).random(n)
+  lo, hi = np.asarray(bounds, float).T
+  return qmc.scale(sample, lo, hi)
+
+
+class Collocation(NamedTuple):
+  """PINN training points: ``interior`` (x, y, t) for the PDE, ``boundary``
+  (x, y, t) on the four edges with values ``boundary_u``, ``initial`` (x, y,
+  0) with values ``initial_u``."""
+
+  interior: jax.Array
+  boundary: jax.Array
+  boundary_u: jax.Array
+  initial: jax.Array
+  initial_u: jax.Array
+
+
+def heat_collocation(n: int = 10_000, boundary_fraction: float = 0.2,
+                     seed: int = 0, smooth: bool = False,
+                     dtype=jnp.float32, t_end: float = HEAT_T_END) -> Collocation:
+  """Latin-hypercube collocation: ``boundary_fraction`` of the ``n`` points on
+  the space-time boundary, half on the four edges, half on the t=0 face."""
+  n_bnd = int(round(boundary_fraction * n))
+  n_edge, n_init = n_bnd // 2, n_bnd - n_bnd // 2
+  interior = latin_hypercube(n - n_bnd, [(0, 1), (0, 1), (0, t_end)], seed)
+  s, t = latin_hypercube(n_edge, [(0, 1), (0, t_end)], seed + 1).T
+  edge = np.arange(n_edge) % 4  # left, right, bottom, top in turn
+  x = np.select([edge == 0, edge == 1], [0.0, 1.0], s)
+  y = np.select([edge == 2, edge == 3], [0.0, 1.0], s)
+  boundary = np.stack([x, y, t], axis=1)
+  initial = np.concatenate(
+      [latin_hypercube(n_init, [(0, 1), (0, 1)], seed + 2),
+       np.zeros((n_init, 1))], axis=1)
+  if smooth:
+    boundary_u = np.zeros(n_edge)
+    initial_u = smooth_heat_exact(initial[:, 0], initial[:, 1], 0.0, xp=np)
+  else:
+    boundary_u = np.asarray(heat_boundary_value(x, y))
+    initial_u = np.zeros(n_init)
+  cast = lambda a: jnp.asarray(a, dtype)
+  return Collocation(cast(interior), cast(boundary), cast(boundary_u),
+                     cast(initial), cast(initial_u))
+
+
+def heat_residual(apply, params, points, alpha):
+  """u_t - alpha (u_xx + u_yy) at ``points`` (n, 3), by nested forward mode.
+
+  The network acts point by point, so one JVP with the tangent e_x at every
+  point gives u_x at every point, and a JVP of that JVP gives u_xx.
+  """
+  u = lambda p: apply(params, p)[:, 0]
+  basis = lambda i: jnp.zeros_like(points).at[:, i].set(1.0)
+
+  def second(i):
+    first = lambda p: jax.jvp(u, (p,), (basis(i),))[1]
+    return jax.jvp(first, (points,), (basis(i),))[1]
+
+  u_t = jax.jvp(u, (points,), (basis(2),))[1]
+  return u_t - alpha * (second(0) + second(1))
+
+
+@functools.lru_cache(maxsize=None)
+def heat_loss_fn(apply, alpha: float = HEAT_ALPHA, lam: float = HEAT_LAMBDA):
+  """The PINN loss lambda (f_BC + f_IC) + (1 - lambda) f_PDE."""
+  def loss(params, data: Collocation):
+    f_pde = jnp.mean(heat_residual(apply, params, data.interior, alpha) ** 2)
+    f_bc = jnp.mean((apply(params, data.boundary)[:, 0] - data.boundary_u) ** 2)
+    f_ic = jnp.mean((apply(params, data.initial)[:, 0] - data.initial_u) ** 2)
+    return lam * (f_bc + f_ic) + (1 - lam) * f_pde
+  return loss
+
+
+def heat_fd_reference(t: float = 1.0, n: int = 201, dt: float = 2e-3,
+                      alpha: float = HEAT_ALPHA, smooth: bool = False,
+                      cache_dir=None):
+  """Finite-difference solution on an ``n x n`` grid of [0,1]^2 at time ``t``.
+
+  Five-point Laplacian (second order in space) and BDF2 in time after one
+  backward-Euler step (second order, L-stable, so the jump between the
+  initial and boundary data does not ring); each step is a sparse solve with
+  a factorization computed once (``scipy.sparse.linalg.splu``). Cached on disk
+  as ``.npz`` under ``cache_dir`` (default ``results/cache``).
+
+  Returns:
+    ``(grid, u)``: the 1-D grid coordinates and ``u[i, j] = u(x_i, y_j, t)``.
+  """
+  import scipy.sparse as sp  # pylint: disable=g-import-not-at-top
+  import scipy.sparse.linalg as spla  # pylint: disable=g-import-not-at-top
+  cache_dir = pathlib.Path(cache_dir or pathlib.Path("results") / "cache")
+  key = f"heat_fd_{'smooth' if smooth else 'paper'}_n{n}_dt{dt:g}_a{alpha:g}_t{t:g}.npz"
+  path = cache_dir / key
+  if path.exists():
+    data = np.load(path)
+    return data["grid"], data["u"]
+  grid = np.linspace(0.0, 1.0, n)
+  h = grid[1] - grid[0]
+  m = n - 2  # interior nodes per direction
+  lap1 = sp.diags([np.ones(m - 1), -2 * np.ones(m), np.ones(m - 1)],
+                  [-1, 0, 1]) / h**2
+  eye = sp.identity(m)
+  lap = (sp.kron(lap1, eye) + sp.kron(eye, lap1)).tocsc()
+  # Boundary contributions to the interior stencil (u[i, j], i along x).
+  if smooth:
+    full = np.zeros((n, n))
+    full[1:-1, 1:-1] = smooth_heat_exact(grid[1:-1, None], grid[None, 1:-1],
+                                         0.0, alpha, xp=np)
+  else:
+    full = np.zeros((n, n))
+    full[0, :] = 1.0   # left edge x = 0
+    full[:, -1] = 1.0  # top edge y = 1
+    full[-1, :-1] = 0.0  # right edge x = 1 (the top-right corner is 1)
+    full[1:, 0] = 0.0   # bottom edge y = 0
+  bc = np.zeros((m, m))
+  bc[0, :] += full[0, 1:-1]
+  bc[-1, :] += full[-1, 1:-1]
+  bc[:, 0] += full[1:-1, 0]
+  bc[:, -1] += full[1:-1, -1]
+  b = alpha * bc.ravel() / h**2
+  u_prev = full[1:-1, 1:-1].ravel().copy()  # initial condition (0 inside)
+  steps = int(round(t / dt))
+  eye2 = sp.identity(m * m, format="csc")
+  euler = spla.splu((eye2 - dt * alpha * lap).tocsc())
+  u = euler.solve(u_prev + dt * b)
+  bdf2 = spla.splu((3 * eye2 - 2 * dt * alpha * lap).tocsc())
+  for _ in range(steps - 1):
+    u, u_prev = bdf2.solve(4 * u - u_prev + 2 * dt * b), u
+  full[1:-1, 1:-1] = u.reshape(m, m)
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  np.savez(path, grid=grid, u=full)
+  return grid, full
+
+
+def interpolate_grid(grid, u, points_xy):
+  """Bilinear interpolation of grid values at (x, y) points."""
+  from scipy.interpolate import RegularGridInterpolator  # pylint: disable=g-import-not-at-top
+  return RegularGridInterpolator((grid, grid), u)(points_xy)
+
+
+def relative_l2(pred, ref) -> float:
+  pred, ref = np.asarray(pred, float).ravel(), np.asarray(ref, float).ravel()
+  return float(np.linalg.norm(pred - ref) / np.linalg.norm(ref))

@@ -56,6 +56,8 @@ def test_other_optimizers(name, optimizer, steps):
   assert res.history["loss"][-1] < 1e-6, name
   if name == "nonlinear_cg":
     assert "beta" in res.history and "linesearch_steps" in res.history
+  if name == "lbfgs":
+    assert res.history["num_linesearch_steps"][1:].min() >= 1
 
 
 def test_log_fn_called_every_n_steps():

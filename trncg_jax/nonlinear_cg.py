@@ -33,6 +33,9 @@ BETA_RULES = ("hestenes-stiefel", "fletcher-reeves", "polak-ribiere",
 #: Closed-form step ``alpha = -g^T d / d^T H d`` (one HVP): exact for
 #: quadratics only. It exists to test the CG theory, not for training.
 EXACT_QUADRATIC = "exact_quadratic"
+#: A line search may end this much (relatively) above its start before the
+#: step is rejected: float32 round-off, the zoom's own approx_dec_rtol.
+INCREASE_RTOL = 1e-6
 
 
 def _guarded_div(num, den):
@@ -76,8 +79,12 @@ class NonlinearCGConfig:
     linesearch: an optax line search that stores ``value`` and ``grad`` in its
       state, or :data:`EXACT_QUADRATIC`. ``None`` means
       ``optax.scale_by_zoom_linesearch(max_linesearch_steps=30,
-      curv_rtol=0.1, initial_guess_strategy='one')``: strong Wolfe with
-      ``c2 = 0.1``, the value N&W recommend for CG (p. 125). Each search
+      curv_rtol=0.2, initial_guess_strategy='one')``: strong Wolfe with
+      ``c2 = 0.2``, below the 1/2 that keeps nonlinear CG's directions descent
+      directions (N&W Lemma 5.6, p. 125). Measured (600 steps on the paper's
+      float32 N_e fit; 10-D Rosenbrock in float64): ``c2 = 0.1`` took 10.2
+      evaluations per search on N_e, 0.2 took 3.1 for the same loss; on
+      Rosenbrock 0.1/0.2/0.3 took 122/221/460 iterations. Each search
       starts from the step ``alpha_{k-1} g_{k-1}^T d_{k-1} / g_k^T d_k``
       (N&W eq. 3.60), so a first guess of 1 is well scaled.
   """
@@ -114,7 +121,7 @@ class NonlinearCGConfig:
 
 
 _DEFAULT_LINESEARCH = optax.scale_by_zoom_linesearch(
-    max_linesearch_steps=30, curv_rtol=0.1, initial_guess_strategy="one")
+    max_linesearch_steps=30, curv_rtol=0.2, initial_guess_strategy="one")
 
 
 class ExactLinesearchState(NamedTuple):
@@ -254,10 +261,11 @@ def _update(config: NonlinearCGConfig, state: NonlinearCGState, params,
     stepsize = guess * optax.tree.get(ls_state, "learning_rate")
   new_value = optax.tree.get(ls_state, "value")
   new_grad = optax.tree.get(ls_state, "grad")
-  # A failed search can end above the start: never accept an increase.
+  # A failed search can end above the start: reject an increase beyond the
+  # round-off slack that optax's zoom allows itself (approx_dec_rtol = 1e-6).
   accepted = (jnp.isfinite(new_value) & jnp.isfinite(optax.tree.norm(new_grad))
               & jnp.isfinite(optax.tree.norm(updates)) & (gg > 0)
-              & (new_value <= value))
+              & (new_value <= value + INCREASE_RTOL * jnp.abs(value)))
   # Rejected (non-finite or higher end point, zero gradient): stay put, keep
   # value and grad; the next step restarts from -g.
   updates = optax.tree.where(accepted, updates, optax.tree.zeros_like(updates))

@@ -48,7 +48,8 @@ class SolveResult(NamedTuple):
     history: per-step diagnostics, a dict of NumPy arrays of length
       ``num_steps + 1``: ``loss`` and ``grad_norm`` at each iterate (entry 0
       is the start), and for trncg / nonlinear_cg every field of their
-      ``info`` after each step (entry 0 is the initial info).
+      ``info`` after each step (entry 0 is the initial info); for
+      ``optax.lbfgs``, its line search's ``num_linesearch_steps`` and errors.
     num_steps: updates made.
     status: a :class:`SolveStatus`.
     compile_seconds: time to trace and compile the loop.
@@ -65,11 +66,14 @@ class SolveResult(NamedTuple):
 
 
 def _find_info(state):
-  """The trncg or nonlinear_cg info NamedTuple in ``state``, if any."""
+  """The diagnostics NamedTuple in ``state``: trncg's or nonlinear_cg's info,
+  else optax's zoom line-search info (as in ``optax.lbfgs``), else None."""
   found = optax.tree.get_all_with_path(
       state, "info",
       filtering=lambda _, v: isinstance(v, (TRNCGInfo, NonlinearCGInfo)))
-  return found[0][1] if found else None
+  if found:
+    return found[0][1]
+  return optax.tree.get(state, "ZoomLinesearchInfo")  # matched by class name
 
 
 def _info_fields(info):

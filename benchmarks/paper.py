@@ -1,0 +1,292 @@
+"""Reproduce Boyd & Tanadi (2025) with trncg_jax, side by side with Adam,
+L-BFGS and nonlinear CG: six elementary functions, the heat-equation PINN, and
+a smooth heat problem with an exact solution.
+
+    python -m benchmarks.paper            # reduced size, a few minutes on 2 CPUs
+    python -m benchmarks.paper --full     # the paper's size
+
+Writes ``results/paper_<problem>_<optimizer>.json``, ``results/paper.md`` and
+``results/fig*.png``. Every training loop is one jitted ``lax.while_loop``
+(``trncg_jax.solve``) with the stopping rule inside; wall-clock excludes
+compile time, which is reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)  # the smooth heat problem runs in float64
+
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import optax  # pylint: disable=g-import-not-at-top
+
+import trncg_jax  # pylint: disable=g-import-not-at-top
+from benchmarks import problems as P  # pylint: disable=g-import-not-at-top
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  """How big a run is. ``SMALL`` is the default; ``FULL`` is the paper's."""
+
+  n_train: int
+  n_test: int
+  max_steps: dict            # per optimizer, elementary functions
+  pinn_points: int
+  pinn_test: int
+  pinn_steps: int            # trncg's steps; the others get its wall-clock
+  smooth_steps: int
+  fd_n: int
+  fd_dt: float
+  functions: tuple = tuple(P.ELEMENTARY_FUNCTIONS)
+
+
+SMALL = Size(n_train=1_000, n_test=1_000,
+             max_steps=dict(trncg_paper=1_000, trncg=1_000, adam=5_000,
+                            lbfgs=2_000, nonlinear_cg=3_000),
+             pinn_points=1_000, pinn_test=10_000, pinn_steps=50,
+             smooth_steps=50, fd_n=101, fd_dt=5e-3)
+FULL = Size(n_train=10_000, n_test=10_000,
+            max_steps=dict(trncg_paper=25_001, trncg=25_001, adam=25_001,
+                           lbfgs=25_001, nonlinear_cg=25_001),
+            pinn_points=10_000, pinn_test=100_000, pinn_steps=3_000,
+            smooth_steps=3_000, fd_n=401, fd_dt=1e-3)
+#: A few iterations of every path, for tests and the notebooks in CI.
+TINY = Size(n_train=200, n_test=200,
+            max_steps=dict(trncg_paper=15, trncg=15, adam=40, lbfgs=15,
+                           nonlinear_cg=15),
+            pinn_points=300, pinn_test=500, pinn_steps=4, smooth_steps=4,
+            fd_n=33, fd_dt=2e-2, functions=("linear", "sin10"))
+
+LOSS_TARGET = 1e-6  # the paper's stopping rule for the elementary functions
+PROBE_STEPS = 10  # steps timed to size an optimizer's share of a time budget
+
+
+def make_optimizers() -> dict:
+  """The optimizers compared, created once so each compiles once per problem.
+
+  ``trncg_paper`` is the paper's TRNCG (its hyperparameters: Delta_0=2,
+  Delta_max=10, eta=1e-3, CG tol 1e-8, 500 CG steps). ``trncg`` is ours: the
+  same, but with the inexact-Newton CG tolerance min(0.5, sqrt|g|) |g| (N&W
+  eq. 7.3): far from a minimizer an exact Newton step is wasted work, and near
+  one the tolerance tightens so convergence stays superlinear; it reaches the
+  same loss with fewer HVPs (see the table).
+  """
+  return {
+      "trncg_paper": trncg_jax.trncg(),
+      "trncg": trncg_jax.trncg(inexact_newton=True),
+      "adam": optax.adam(1e-3),
+      "lbfgs": optax.lbfgs(),
+      "nonlinear_cg": trncg_jax.nonlinear_cg(),
+  }
+
+
+def work_counts(history: dict, num_steps: int) -> tuple[int, int]:
+  """(gradients, HVPs) used: one value-and-gradient per evaluated point."""
+  if "cg_steps" in history:  # trncg: a trial point per step, plus the start
+    return 1 + num_steps, int(history["cg_steps"][1:].sum())
+  for key in ("linesearch_steps", "num_linesearch_steps"):
+    if key in history:  # one value-and-gradient per line-search trial
+      return 1 + int(np.maximum(history[key][1:], 1).sum()), 0
+  return 1 + num_steps, 0  # adam
+
+
+def _run(loss, params, args, optimizer, steps, desc, progress, **tols):
+  return trncg_jax.solve(loss, params, *args, optimizer=optimizer,
+                         max_steps=steps, progress=progress, desc=desc, **tols)
+
+
+def _record(res, problem, name, extra):
+  grads, hvps = work_counts(res.history, res.num_steps)
+  out = dict(problem=problem, optimizer=name, iterations=res.num_steps,
+             status=res.status.name, wall_seconds=res.run_seconds,
+             compile_seconds=res.compile_seconds, gradients=grads, hvps=hvps,
+             final_train_loss=float(res.history["loss"][-1]), **extra)
+  print(f"{problem:>12s} {name:>12s}: {res.num_steps:6d} its {res.status.name:9s}"
+        f" loss {out['final_train_loss']:.2e} rel.L2 {out['relative_l2']:.2e}"
+        f" {res.run_seconds:7.2f} s (+{res.compile_seconds:.1f} s compile)"
+        f" grads {grads} HVPs {hvps}", flush=True)
+  out["history"] = {k: np.asarray(v).tolist() for k, v in res.history.items()}
+  return out
+
+
+def run_elementary(size: Size, optimizers: dict, progress: bool = True):
+  """Every elementary function with every optimizer; returns result dicts."""
+  results, fits = [], {}
+  for fname in size.functions:
+    prob = P.elementary_problem(fname, size.n_train, size.n_test)
+    x_test, y_test = prob.test
+    fits[fname] = {"x": np.asarray(x_test[:, 0]), "true": np.asarray(y_test[:, 0])}
+    for name, opt in optimizers.items():
+      res = _run(prob.loss, prob.params, prob.train, opt, size.max_steps[name],
+                 f"{fname}/{name}", progress, loss_tol=LOSS_TARGET)
+      pred = prob.apply(res.params, x_test)
+      fits[fname][name] = np.asarray(pred[:, 0])
+      results.append(_record(res, fname, name, dict(
+          test_loss=float(jnp.mean((pred - y_test) ** 2)),
+          relative_l2=P.relative_l2(pred, y_test),
+          reached_target=bool(res.history["loss"][-1] <= LOSS_TARGET))))
+  return results, fits
+
+
+def _heat_problem(size: Size, smooth: bool, dtype):
+  apply, params = P.init_mlp(P.N_P_SIZES, seed=0, dtype=dtype)
+  data = P.heat_collocation(size.pinn_points, seed=0, smooth=smooth, dtype=dtype)
+  test_xy = P.latin_hypercube(size.pinn_test, [(0, 1), (0, 1)], seed=123)
+  if smooth:
+    reference = P.smooth_heat_exact(test_xy[:, 0], test_xy[:, 1], 1.0, xp=np)
+  else:
+    grid, u = P.heat_fd_reference(1.0, size.fd_n, size.fd_dt)
+    reference = P.interpolate_grid(grid, u, test_xy)
+  test_points = jnp.asarray(np.concatenate(
+      [test_xy, np.ones((len(test_xy), 1))], axis=1), dtype)
+  return apply, params, data, test_points, reference
+
+
+def run_heat(size: Size, optimizers: dict, smooth: bool, progress: bool = True):
+  """A heat PINN at an equal wall-clock budget for every optimizer.
+
+  ``trncg`` runs ``size.pinn_steps`` (or ``smooth_steps``) steps; its run time
+  is the budget. Each other optimizer's step time is measured on a short run,
+  and it then gets as many steps as fit the budget.
+  """
+  dtype = jnp.float64 if smooth else jnp.float32
+  problem = "heat_smooth" if smooth else "heat"
+  apply, params, data, test_points, reference = _heat_problem(size, smooth, dtype)
+  loss = P.heat_loss_fn(apply)
+  steps = size.smooth_steps if smooth else size.pinn_steps
+  results, solutions = [], {}
+  budget = None
+  for name in ["trncg"] + [n for n in optimizers if n != "trncg"]:
+    opt = optimizers[name]
+    if budget is None:
+      n_steps = steps
+    else:  # measure the step time on a short run, then fill the budget
+      probe = _run(loss, params, (data,), opt, PROBE_STEPS, f"{problem}/{name}",
+                   False, min_radius=1e-12)
+      per_step = probe.run_seconds / max(probe.num_steps, 1)
+      n_steps = max(1, int(budget / per_step))
+    res = _run(loss, params, (data,), opt, n_steps, f"{problem}/{name}",
+               progress, min_radius=1e-12)
+    if budget is None:
+      budget = res.run_seconds
+    pred = np.asarray(apply(res.params, test_points)[:, 0])
+    solutions[name] = pred
+    results.append(_record(res, problem, name, dict(
+        relative_l2=P.relative_l2(pred, reference), budget_seconds=budget)))
+  solutions["reference"] = np.asarray(reference)
+  solutions["xy"] = np.asarray(test_points[:, :2])
+  return results, solutions
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return (f"{cpu}, {os.cpu_count()} cores, JAX {jax.__version__} "
+          f"({jax.default_backend()})")
+
+
+def markdown_table(results: list[dict]) -> str:
+  head = ("| problem | optimizer | iterations | status | time (s) | compile (s)"
+          " | train loss | test loss | rel. L2 | gradients | HVPs |")
+  rows = [head, "|" + " --- |" * 11]
+  for r in results:
+    rows.append(
+        f"| {r['problem']} | {r['optimizer']} | {r['iterations']} | "
+        f"{r['status']} | {r['wall_seconds']:.2f} | {r['compile_seconds']:.2f} | "
+        f"{r['final_train_loss']:.2e} | {r.get('test_loss', float('nan')):.2e} | "
+        f"{r['relative_l2']:.2e} | {r['gradients']} | {r['hvps']} |")
+  return "\n".join(rows)
+
+
+def verdicts(results: list[dict]) -> list[str]:
+  """The issue's targets, checked on this run's figures."""
+  by = {(r["problem"], r["optimizer"]): r for r in results}
+  lines = []
+  for fname in {r["problem"] for r in results if not r["problem"].startswith("heat")}:
+    t, a = by.get((fname, "trncg")), by.get((fname, "adam"))
+    if t and a:
+      # Adam's time to the target is unknown when it never got there: then
+      # trncg wins only if it was faster than Adam's whole capped run too.
+      faster = t["iterations"] < a["iterations"] and (
+          t["wall_seconds"] < a["wall_seconds"])
+      ok = t["reached_target"] and faster
+      adam = ("reached 1e-6" if a["reached_target"] else
+              f"did NOT reach 1e-6 (loss {a['final_train_loss']:.1e}) within")
+      lines.append(
+          f"- {fname}: trncg {'meets' if ok else 'MISSES'} the target: "
+          f"loss {t['final_train_loss']:.1e} in {t['iterations']} its / "
+          f"{t['wall_seconds']:.2f} s; Adam {adam} {a['iterations']} its / "
+          f"{a['wall_seconds']:.2f} s")
+  for problem, bound in (("heat", 2e-2), ("heat_smooth", 1e-4)):
+    t, a = by.get((problem, "trncg")), by.get((problem, "adam"))
+    if t and a:
+      ok = t["relative_l2"] <= bound and t["relative_l2"] < a["relative_l2"]
+      lines.append(
+          f"- {problem}: trncg rel. L2 {t['relative_l2']:.2e} vs Adam "
+          f"{a['relative_l2']:.2e} at {t['budget_seconds']:.1f} s each; target "
+          f"<= {bound:g}: {'met' if ok else 'MISSED'}")
+  return sorted(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--full", action="store_true", help="the paper's size")
+  parser.add_argument("--tiny", action="store_true",
+                      help="a few iterations of every path (smoke test)")
+  parser.add_argument("--out", default="results", help="output folder")
+  parser.add_argument("--only", choices=["elementary", "heat", "smooth"],
+                      action="append", help="run only these parts")
+  parser.add_argument("--no-progress", action="store_true")
+  args = parser.parse_args(argv)
+  size = FULL if args.full else TINY if args.tiny else SMALL
+  parts = args.only or ["elementary", "heat", "smooth"]
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  optimizers = make_optimizers()
+  progress = not args.no_progress
+  results, fits, pinn = [], None, {}
+  start = time.perf_counter()
+  if "elementary" in parts:
+    elem, fits = run_elementary(size, optimizers, progress)
+    results += elem
+  if "heat" in parts:
+    heat, pinn["heat"] = run_heat(size, optimizers, smooth=False,
+                                  progress=progress)
+    results += heat
+  if "smooth" in parts:
+    smooth, pinn["heat_smooth"] = run_heat(size, optimizers, smooth=True,
+                                           progress=progress)
+    results += smooth
+  for r in results:
+    (out / f"paper_{r['problem']}_{r['optimizer']}.json").write_text(
+        json.dumps(r))
+  from benchmarks import plots  # pylint: disable=g-import-not-at-top
+  figures = plots.paper_figures(results, fits, pinn, out)
+  size_name = "full" if args.full else "tiny" if args.tiny else "small"
+  report = "\n".join([
+      f"# Paper reproduction ({size_name} size)", "",
+      f"Machine: {machine()}. Total time {time.perf_counter() - start:.0f} s.",
+      "", markdown_table(results), "", "Targets:", *verdicts(results), "",
+      *[f"![{f.stem}]({f.name})" for f in figures]])
+  (out / "paper.md").write_text(report + "\n")
+  print(report)
+  return results
+
+
+if __name__ == "__main__":
+  main()

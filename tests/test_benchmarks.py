@@ -1,0 +1,157 @@
+"""The paper benchmark: problems, reference solution, sampling, and a fast run
+of every path (the same code as `python -m benchmarks.paper`, tiny sizes)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import paper, problems as P
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_parameter_counts_match_the_paper():
+  _, ne = P.init_mlp(P.N_E_SIZES, seed=0)
+  _, npinn = P.init_mlp(P.N_P_SIZES, seed=0)
+  assert P.count_params(ne) == 1_131
+  assert P.count_params(npinn) == 2_521
+
+
+def test_finite_differences_converge_to_the_exact_smooth_solution(tmp_path):
+  errors = []
+  for n in (17, 33, 65):
+    grid, u = P.heat_fd_reference(1.0, n=n, dt=1e-2, smooth=True,
+                                  cache_dir=tmp_path)
+    exact = P.smooth_heat_exact(grid[:, None], grid[None, :], 1.0, xp=np)
+    errors.append(P.relative_l2(u, exact))
+  assert errors[-1] < 1e-3
+  # Second order in h: halving h divides the error by about 4.
+  assert 3.0 < errors[0] / errors[1] < 5.0 and 3.0 < errors[1] / errors[2] < 5.0
+  # The cache returns the same array without recomputing.
+  cached = list(tmp_path.glob("*.npz"))
+  assert len(cached) == 3
+  grid2, u2 = P.heat_fd_reference(1.0, n=65, dt=1e-2, smooth=True,
+                                  cache_dir=tmp_path)
+  np.testing.assert_array_equal(u2, u)
+
+
+def test_paper_reference_respects_maximum_principle_and_boundaries(tmp_path):
+  grid, u = P.heat_fd_reference(1.0, n=41, dt=1e-2, cache_dir=tmp_path)
+  assert u.min() >= -1e-12 and u.max() <= 1 + 1e-12
+  np.testing.assert_array_equal(u[0, 1:], 1.0)    # left edge
+  np.testing.assert_array_equal(u[1:, -1], 1.0)   # top edge
+  np.testing.assert_array_equal(u[-1, :-1], 0.0)  # right edge
+  np.testing.assert_array_equal(u[1:, 0], 0.0)    # bottom edge
+  # The reflection (x, y) -> (1 - y, 1 - x) maps the left edge to the top and
+  # the bottom to the right, and keeps u(., 0) = 0: the solution is symmetric.
+  inner = u[1:-1, 1:-1]
+  np.testing.assert_allclose(inner, inner[::-1, ::-1].T, atol=1e-12)
+  assert 0.2 < inner.mean() < 0.8  # heat has entered from the hot edges
+
+
+def test_latin_hypercube_collocation():
+  n = 1000
+  data = P.heat_collocation(n, boundary_fraction=0.2, seed=3)
+  n_bnd = len(data.boundary) + len(data.initial)
+  assert n_bnd == 200 and len(data.interior) == 800
+  t_end = P.HEAT_T_END
+  pts = np.asarray(data.interior)
+  assert (pts[:, :2] > 0).all() and (pts[:, :2] < 1).all()
+  assert (pts[:, 2] > 0).all() and (pts[:, 2] < t_end).all()
+  # Latin-hypercube property: each of the n strata of each axis holds one point.
+  for axis, hi in ((0, 1.0), (1, 1.0), (2, t_end)):
+    strata = np.floor(pts[:, axis] / hi * len(pts)).astype(int)
+    assert sorted(strata) == list(range(len(pts)))
+  b = np.asarray(data.boundary)
+  on_edge = (b[:, 0] == 0) | (b[:, 0] == 1) | (b[:, 1] == 0) | (b[:, 1] == 1)
+  assert on_edge.all()
+  expected = ((b[:, 1] == 1) | (b[:, 0] == 0)).astype(float)
+  np.testing.assert_array_equal(np.asarray(data.boundary_u), expected)
+  assert (np.asarray(data.initial)[:, 2] == 0).all()
+  np.testing.assert_array_equal(np.asarray(data.initial_u), 0.0)
+
+
+def test_heat_residual_against_closed_forms():
+  pts = jnp.asarray(P.latin_hypercube(50, [(0, 1), (0, 1), (0, 5)], 0))
+  alpha = P.HEAT_ALPHA
+  exact = lambda params, p: P.smooth_heat_exact(p[:, 0], p[:, 1], p[:, 2])[:, None]
+  np.testing.assert_allclose(P.heat_residual(exact, None, pts, alpha), 0.0,
+                             atol=1e-12)
+  poly = lambda params, p: (p[:, 0] ** 2 * p[:, 1] + 3 * p[:, 2] * p[:, 1] ** 2)[:, None]
+  # u_t = 3 y^2, u_xx = 2 y, u_yy = 6 t.
+  expected = 3 * pts[:, 1] ** 2 - alpha * (2 * pts[:, 1] + 6 * pts[:, 2])
+  np.testing.assert_allclose(P.heat_residual(poly, None, pts, alpha), expected,
+                             rtol=1e-12)
+
+
+def test_work_counts():
+  hist = {"cg_steps": np.array([0, 3, 4, 5])}
+  assert paper.work_counts(hist, 3) == (4, 12)
+  assert paper.work_counts({"linesearch_steps": np.array([0, 2, 1])}, 2) == (4, 0)
+  assert paper.work_counts({"loss": np.zeros(6)}, 5) == (6, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("paper")
+  results = paper.main(["--tiny", "--out", str(out), "--no-progress"])
+  return out, results
+
+
+def test_tiny_run_covers_every_problem_and_optimizer(tiny_run):
+  out, results = tiny_run
+  optimizers = set(paper.make_optimizers())
+  problems = set(paper.TINY.functions) | {"heat", "heat_smooth"}
+  assert {(r["problem"], r["optimizer"]) for r in results} == {
+      (p, o) for p in problems for o in optimizers}
+  for r in results:
+    saved = json.loads((out / f"paper_{r['problem']}_{r['optimizer']}.json").read_text())
+    for key in ("iterations", "wall_seconds", "compile_seconds", "final_train_loss",
+                "relative_l2", "gradients", "hvps", "history"):
+      assert key in saved, key
+    assert len(saved["history"]["loss"]) == saved["iterations"] + 1
+    assert np.isfinite(saved["relative_l2"])
+    if r["optimizer"].startswith("trncg"):
+      assert saved["hvps"] == sum(saved["history"]["cg_steps"][1:]) > 0
+      assert saved["gradients"] == saved["iterations"] + 1
+    else:
+      assert saved["hvps"] == 0
+    if r["problem"] in paper.TINY.functions:
+      assert "test_loss" in saved and "reached_target" in saved
+    else:
+      assert saved["budget_seconds"] > 0
+  report = (out / "paper.md").read_text()
+  assert "| problem | optimizer |" in report and "Targets:" in report
+  for name in ("fig1_fits", "fig2_loss_first500", "fig3_tr_diagnostics",
+               "fig4_iterations_time", "fig5_pinn_loss", "fig6_heat_solution",
+               "fig6_heat_smooth_solution"):
+    png = out / f"{name}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert f"({name}.png)" in report
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")),
+                         ids=lambda p: p.name)
+def test_notebook_runs_and_is_stripped(notebook, tmp_path):
+  import nbformat
+  from nbclient import NotebookClient
+  nb = nbformat.read(notebook, as_version=4)
+  assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+  assert all(c.get("execution_count") is None for c in nb.cells
+             if c.cell_type == "code")
+  os.environ["TRNCG_NOTEBOOK_SIZE"] = "tiny"
+  try:
+    NotebookClient(nb, timeout=900, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+  finally:
+    os.environ.pop("TRNCG_NOTEBOOK_SIZE")
+  images = [o for c in nb.cells if c.cell_type == "code"
+            for o in c.outputs if "image/png" in o.get("data", {})]
+  assert images, "the notebook shows no figures"
