@@ -29,6 +29,19 @@ def test_trncg_matches_python_loop_and_records_history():
   assert res.compile_seconds > 0 and res.run_seconds > 0
 
 
+@pytest.mark.parametrize("optimizer", [None, optax.adam(1e-2)])
+def test_continuing_from_a_state_matches_one_run(optimizer):
+  x0 = jnp.array([-1.2, 1.0, 0.5])
+  whole = trncg_jax.solve(rosenbrock, x0, optimizer=optimizer, max_steps=20)
+  first = trncg_jax.solve(rosenbrock, x0, optimizer=optimizer, max_steps=10)
+  second = trncg_jax.solve(rosenbrock, first.params, optimizer=optimizer,
+                           max_steps=10, state=first.state)
+  np.testing.assert_array_equal(second.params, whole.params)
+  np.testing.assert_array_equal(
+      np.concatenate([first.history["loss"], second.history["loss"][1:]]),
+      whole.history["loss"])
+
+
 def test_stopping_rules():
   x0 = jnp.array([-1.2, 1.0])
   res = trncg_jax.solve(rosenbrock, x0, loss_tol=1e-3, max_steps=500)

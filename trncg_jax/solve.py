@@ -103,10 +103,9 @@ class _Progress:
 def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback):
   opt = optax.with_extra_args_support(optimizer)
 
-  def run(params, args, loss_tol, grad_tol, min_radius):
+  def run(params, state, args, loss_tol, grad_tol, min_radius):
     fun = lambda p: loss_fn(p, *args)
     value_and_grad = jax.value_and_grad(fun)
-    state = opt.init(params)
     stored = optax.tree.get(state, "value") is not None
 
     def current(params, state):
@@ -181,7 +180,7 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
           grad_tol: float = 0.0, min_radius: float = 0.0,
           progress: bool = False, progress_every: Optional[int] = None,
           log_fn: Optional[Callable[[int, float, float], None]] = None,
-          desc: str = "solve") -> SolveResult:
+          desc: str = "solve", state: Any = None) -> SolveResult:
   """Minimizes ``loss_fn(params, *args)`` in one jitted ``lax.while_loop``.
 
   Each step evaluates the value and gradient at the current params (taken
@@ -204,6 +203,9 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
     log_fn: called as ``log_fn(step, loss, grad_norm)`` every
       ``progress_every`` steps, from inside the loop.
     desc: the progress bar's label.
+    state: an optimizer state to continue from (e.g. a previous result's
+      ``state``, with its ``params``); ``None`` for ``optimizer.init(params)``.
+      A run continued this way makes the same steps as one uninterrupted run.
 
   Returns:
     A :class:`SolveResult`.
@@ -232,8 +234,10 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
   dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
   tolerances = tuple(jnp.asarray(t, dtype)
                      for t in (loss_tol, grad_tol, min_radius))
+  if state is None:
+    state = optimizer.init(params)
   start = time.perf_counter()
-  compiled = run.lower(params, args, *tolerances).compile()
+  compiled = run.lower(params, state, args, *tolerances).compile()
   compile_seconds = time.perf_counter() - start
 
   bar = None
@@ -243,7 +247,7 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
   _Progress.bar, _Progress.log_fn = bar, log_fn
   try:
     start = time.perf_counter()
-    out = jax.block_until_ready(compiled(params, args, *tolerances))
+    out = jax.block_until_ready(compiled(params, state, args, *tolerances))
     jax.effects_barrier()
     run_seconds = time.perf_counter() - start
   finally:
