@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from trncg_jax._checks import check_float_params, check_number, check_scalar_loss
+from trncg_jax.trust_region import value_and_grad_as
 
 BETA_RULES = ("hestenes-stiefel", "fletcher-reeves", "polak-ribiere",
               "polak-ribiere-plus", "dai-yuan")
@@ -389,7 +390,6 @@ def nonlinear_cg_update(params, state: NonlinearCGState,
     >>> print(jnp.round(x, 4))
     [2. 2. 2.]
   """
-  from trncg_jax.trust_region import _value_and_grad  # pylint: disable=g-import-not-at-top
   check_float_params(params, "nonlinear_cg_update")
   fun = lambda p: loss_fn(p, *args)
   check_scalar_loss(fun, params, "nonlinear_cg_update")
@@ -397,7 +397,7 @@ def nonlinear_cg_update(params, state: NonlinearCGState,
   value, grad = jax.lax.cond(
       jnp.isfinite(stored_value),
       lambda: (stored_value, optax.tree.get(state.linesearch_state, "grad")),
-      lambda: _value_and_grad(fun, params, stored_value.dtype))
+      lambda: value_and_grad_as(fun, params, stored_value.dtype))
   updates, state = _update(state.config, state, params, value, grad,
                            lambda p: fun(p), {})
   return optax.tree.add(params, updates), state

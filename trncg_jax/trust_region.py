@@ -253,7 +253,9 @@ def _is_finite_tree(tree) -> jax.Array:
       [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _value_and_grad(fun, params, dtype):
+def value_and_grad_as(fun, params, dtype):
+  """``jax.value_and_grad(fun)(params)`` with the value cast to ``dtype``, the
+  dtype the optimizer state keeps it in (``lax.cond`` branches must agree)."""
   value, grad = jax.value_and_grad(fun)(params)
   return value.astype(dtype), grad
 
@@ -402,6 +404,6 @@ def trncg_update(params: Any, state: TRNCGState,
   value, grad = jax.lax.cond(
       jnp.isfinite(state.value),
       lambda: (state.value, state.grad),
-      lambda: _value_and_grad(fun, params, state.value.dtype))
+      lambda: value_and_grad_as(fun, params, state.value.dtype))
   updates, state = trust_region_step(fun, params, value, grad, state)
   return optax.tree.add(params, updates), state
