@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import trncg_jax
+import trncg_jax.hvp
 from trncg_jax.hvp import make_hvp
 
 
@@ -57,6 +58,15 @@ def test_custom_vjp_needs_reverse_over_reverse():
   # d2/dx2 softplus(x)^2 = 2 s'(x)^2 + 2 s(x) s''(x), s' = sigmoid.
   s, sp = jax.nn.softplus(x), jax.nn.sigmoid(x)
   np.testing.assert_allclose(hv, 2 * sp**2 + 2 * s * sp * (1 - sp), rtol=1e-12)
+
+
+def test_custom_vjp_found_inside_nested_jit_at_trace_time():
+  loss = lambda p: jnp.sum(jax.jit(lambda q: softplus(q) * 2.0)(p))
+  for mode in ("forward_over_reverse", "linearize"):
+    with pytest.raises(TypeError, match="hvp_mode='reverse_over_reverse'"):
+      trncg_jax.hvp.check_hvp_mode(loss, jnp.ones(2), mode)
+  trncg_jax.hvp.check_hvp_mode(loss, jnp.ones(2), "reverse_over_reverse")
+  trncg_jax.hvp.check_hvp_mode(jnp.sum, jnp.ones(2), "forward_over_reverse")
 
 
 def test_unknown_mode():

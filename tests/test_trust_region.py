@@ -270,3 +270,18 @@ def test_hvp_count_equals_cg_steps(monkeypatch):
     total_cg += int(state.info.cg_steps)
   jax.effects_barrier()
   assert len(counter) == total_cg > 10
+
+
+def test_custom_vjp_loss_end_to_end():
+  from tests.test_hvp import softplus  # a jax.custom_vjp with no JVP rule
+
+  def loss(x):
+    return jnp.sum(softplus(x - 1.0) ** 2) + 0.5 * jnp.sum(x**2)
+
+  x0 = jnp.array([2.0, -1.0])
+  with pytest.raises(TypeError, match="hvp_mode='reverse_over_reverse'"):
+    jit_update(x0, trncg_jax.trncg_init(x0), loss)
+  x, state, _ = run_until(loss, x0, 1e-10, hvp_mode="reverse_over_reverse")
+  # Stationarity: 2 softplus(x - 1) sigmoid(x - 1) + x = 0.
+  np.testing.assert_allclose(
+      2 * jax.nn.softplus(x - 1.0) * jax.nn.sigmoid(x - 1.0) + x, 0.0, atol=1e-10)

@@ -10,6 +10,7 @@ import contextlib
 from typing import Any, Callable
 
 import jax
+import jax.extend
 
 #: Forward-over-reverse, ``jax.jvp(jax.grad(f))``: each product re-runs the
 #: primal forward and backward pass with tangents. Lowest memory.
@@ -26,18 +27,57 @@ REVERSE_OVER_REVERSE = "reverse_over_reverse"
 HVP_MODES = (FORWARD_OVER_REVERSE, LINEARIZE, REVERSE_OVER_REVERSE)
 
 
+def _custom_vjp_error(mode: str) -> TypeError:
+  return TypeError(
+      f"hvp_mode={mode!r} differentiates the gradient in forward mode, but "
+      "the loss contains a jax.custom_vjp function, which has no forward-mode"
+      " rule. Construct the optimizer with hvp_mode='reverse_over_reverse'.")
+
+
 @contextlib.contextmanager
-def _explain_custom_vjp(mode: str):
+def explain_custom_vjp_errors(mode: str):
+  """Turns JAX's jvp-of-custom_vjp TypeError into one that names the fix."""
   try:
     yield
   except TypeError as err:
     if "custom_vjp" not in str(err):
       raise
-    raise TypeError(
-        f"hvp_mode={mode!r} differentiates the gradient in forward mode, but "
-        "the loss contains a jax.custom_vjp function, which has no forward-mode"
-        " rule. Construct the optimizer with hvp_mode='reverse_over_reverse'."
-    ) from err
+    raise _custom_vjp_error(mode) from err
+
+
+def _jaxprs_in(value):
+  """The jaxprs inside an equation parameter (a jaxpr, or a tuple of them)."""
+  if isinstance(value, jax.extend.core.ClosedJaxpr):
+    return [value.jaxpr]
+  if isinstance(value, jax.extend.core.Jaxpr):
+    return [value]
+  if isinstance(value, (tuple, list)):
+    return [j for v in value for j in _jaxprs_in(v)]
+  return []
+
+
+def _uses_custom_vjp(jaxpr) -> bool:
+  for eqn in jaxpr.eqns:
+    if "custom_vjp" in eqn.primitive.name:
+      return True
+    if any(_uses_custom_vjp(j) for v in eqn.params.values()
+           for j in _jaxprs_in(v)):
+      return True
+  return False
+
+
+def check_hvp_mode(fun: Callable[[Any], jax.Array], params: Any,
+                   mode: str) -> None:
+  """Raises ``TypeError`` at trace time if ``mode`` cannot differentiate ``fun``.
+
+  JAX reports a forward-mode derivative of a ``jax.custom_vjp`` only when the
+  staged program is lowered, far from the cause; this looks for one in the
+  loss's jaxpr instead, and names the fix.
+  """
+  if mode == REVERSE_OVER_REVERSE:
+    return
+  if _uses_custom_vjp(jax.make_jaxpr(fun)(params).jaxpr):
+    raise _custom_vjp_error(mode)
 
 
 def make_hvp(fun: Callable[[Any], jax.Array], params: Any,
@@ -69,15 +109,15 @@ def make_hvp(fun: Callable[[Any], jax.Array], params: Any,
   grad_fn = jax.grad(fun)
   if mode == FORWARD_OVER_REVERSE:
     def hvp(v):
-      with _explain_custom_vjp(mode):
+      with explain_custom_vjp_errors(mode):
         return jax.jvp(grad_fn, (params,), (v,))[1]
     return hvp
   if mode == LINEARIZE:
-    with _explain_custom_vjp(mode):
+    with explain_custom_vjp_errors(mode):
       _, linear_fn = jax.linearize(grad_fn, params)
 
     def hvp(v):
-      with _explain_custom_vjp(mode):  # some JAX versions fail only here
+      with explain_custom_vjp_errors(mode):  # some JAX versions fail only here
         return linear_fn(v)
     return hvp
   if mode == REVERSE_OVER_REVERSE:
