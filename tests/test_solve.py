@@ -81,6 +81,16 @@ def test_log_fn_called_every_n_steps():
   assert all(np.isfinite(c[1]) for c in calls)
 
 
+def test_progress_bar_ends_at_the_last_step(capsys):
+  res = trncg_jax.solve(rosenbrock, jnp.array([-1.2, 1.0]), max_steps=40,
+                        grad_tol=1e-5, progress=True, progress_every=5,
+                        desc="rosen-bar")
+  err = capsys.readouterr().err
+  assert res.status == SolveStatus.GRAD_TOL and res.num_steps % 5 != 0
+  assert "rosen-bar" in err and "loss=" in err
+  assert f"{res.num_steps}/40" in err.replace("\r", "\n").splitlines()[-1]
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match="max_steps"):
     trncg_jax.solve(rosenbrock, jnp.zeros(2), max_steps=0)

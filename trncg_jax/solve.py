@@ -245,6 +245,7 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=max_steps, desc=desc, leave=True)
   _Progress.bar, _Progress.log_fn = bar, log_fn
+  out = None
   try:
     start = time.perf_counter()
     out = jax.block_until_ready(compiled(params, state, args, *tolerances))
@@ -253,6 +254,9 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
   finally:
     _Progress.bar, _Progress.log_fn = None, None
     if bar is not None:
+      if out is not None:  # an early stop falls between two updates
+        bar.n = int(out[3])
+        bar.refresh()
       bar.close()
   params, state, history, k, status = out
   k = int(k)
