@@ -6,7 +6,6 @@ one gradient.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable
 
 import jax
@@ -25,24 +24,6 @@ LINEARIZE = "linearize"
 REVERSE_OVER_REVERSE = "reverse_over_reverse"
 
 HVP_MODES = (FORWARD_OVER_REVERSE, LINEARIZE, REVERSE_OVER_REVERSE)
-
-
-def _custom_vjp_error(mode: str) -> TypeError:
-  return TypeError(
-      f"hvp_mode={mode!r} differentiates the gradient in forward mode, but "
-      "the loss contains a jax.custom_vjp function, which has no forward-mode"
-      " rule. Construct the optimizer with hvp_mode='reverse_over_reverse'.")
-
-
-@contextlib.contextmanager
-def explain_custom_vjp_errors(mode: str):
-  """Turns JAX's jvp-of-custom_vjp TypeError into one that names the fix."""
-  try:
-    yield
-  except TypeError as err:
-    if "custom_vjp" not in str(err):
-      raise
-    raise _custom_vjp_error(mode) from err
 
 
 def _jaxprs_in(value):
@@ -77,7 +58,10 @@ def check_hvp_mode(fun: Callable[[Any], jax.Array], params: Any,
   if mode == REVERSE_OVER_REVERSE:
     return
   if _uses_custom_vjp(jax.make_jaxpr(fun)(params).jaxpr):
-    raise _custom_vjp_error(mode)
+    raise TypeError(
+        f"hvp_mode={mode!r} differentiates the gradient in forward mode, but "
+        "the loss contains a jax.custom_vjp function, which has no forward-mode"
+        " rule. Construct the optimizer with hvp_mode='reverse_over_reverse'.")
 
 
 def make_hvp(fun: Callable[[Any], jax.Array], params: Any,
@@ -94,6 +78,11 @@ def make_hvp(fun: Callable[[Any], jax.Array], params: Any,
   Returns:
     A function computing Hessian-vector products at ``params``.
 
+  Raises:
+    ValueError: for an unknown ``mode``.
+    TypeError: at trace time, for a forward-mode ``mode`` and a loss that
+      contains a ``jax.custom_vjp`` (see :func:`check_hvp_mode`).
+
   Examples:
     >>> import jax.numpy as jnp
     >>> from trncg_jax.hvp import make_hvp
@@ -106,21 +95,13 @@ def make_hvp(fun: Callable[[Any], jax.Array], params: Any,
     (automatic differentiation of Hessian-vector products), pp. 204-213.
     Pearlmutter, "Fast exact multiplication by the Hessian", 1994.
   """
+  if mode not in HVP_MODES:
+    raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {mode!r}")
+  check_hvp_mode(fun, params, mode)
   grad_fn = jax.grad(fun)
   if mode == FORWARD_OVER_REVERSE:
-    def hvp(v):
-      with explain_custom_vjp_errors(mode):
-        return jax.jvp(grad_fn, (params,), (v,))[1]
-    return hvp
+    return lambda v: jax.jvp(grad_fn, (params,), (v,))[1]
   if mode == LINEARIZE:
-    with explain_custom_vjp_errors(mode):
-      _, linear_fn = jax.linearize(grad_fn, params)
-
-    def hvp(v):
-      with explain_custom_vjp_errors(mode):  # some JAX versions fail only here
-        return linear_fn(v)
-    return hvp
-  if mode == REVERSE_OVER_REVERSE:
-    _, vjp_fn = jax.vjp(grad_fn, params)
-    return lambda v: vjp_fn(v)[0]
-  raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {mode!r}")
+    return jax.linearize(grad_fn, params)[1]
+  _, vjp_fn = jax.vjp(grad_fn, params)  # REVERSE_OVER_REVERSE
+  return lambda v: vjp_fn(v)[0]

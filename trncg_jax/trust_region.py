@@ -287,7 +287,6 @@ def trust_region_step(fun: Callable[[Any], jax.Array], params: Any,
   tol = jnp.where(hp.inexact_newton,
                   jnp.minimum(0.5, jnp.sqrt(grad_norm)) * grad_norm, hp.cg_tol)
 
-  hvp_lib.check_hvp_mode(fun, params, hp.hvp_mode)
   cg = cg_steihaug(grad, hvp_lib.make_hvp(fun, params, hp.hvp_mode), radius, tol,
                    hp.max_cg_steps)
   trial = optax.tree.add(params, cg.step)
