@@ -245,11 +245,10 @@ def heat_fd_reference(t: float = 1.0, n: int = 201, dt: float = 2e-3,
     full[1:-1, 1:-1] = smooth_heat_exact(grid[1:-1, None], grid[None, 1:-1],
                                          0.0, alpha, xp=np)
   else:
+    # Right (x = 1) and bottom (y = 0) edges stay 0; corners take the hot value.
     full = np.zeros((n, n))
     full[0, :] = 1.0   # left edge x = 0
     full[:, -1] = 1.0  # top edge y = 1
-    full[-1, :-1] = 0.0  # right edge x = 1 (the top-right corner is 1)
-    full[1:, 0] = 0.0   # bottom edge y = 0
   bc = np.zeros((m, m))
   bc[0, :] += full[0, 1:-1]
   bc[-1, :] += full[-1, 1:-1]
