@@ -96,3 +96,21 @@ def test_bad_arguments():
     trncg_jax.solve(rosenbrock, jnp.zeros(2), max_steps=0)
   with pytest.raises(TypeError, match="scalar"):
     trncg_jax.solve(lambda x: x, jnp.zeros(2))
+
+
+@pytest.mark.parametrize("optimizer", [
+    None, trncg_jax.trncg(), optax.adam(1e-1), optax.lbfgs(),
+    trncg_jax.nonlinear_cg()])
+def test_has_aux_history_holds_the_components(optimizer):
+  from tests.test_trust_region import loss_with_components
+  target = jnp.array([3.0, -2.0, 0.5])
+  res = trncg_jax.solve(loss_with_components, jnp.zeros(3), target,
+                        optimizer=optimizer, max_steps=15, has_aux=True)
+  aux = res.history["aux"]
+  assert aux["fit"].shape == aux["reg"].shape == (16,)
+  np.testing.assert_allclose(aux["fit"] + aux["reg"], res.history["loss"],
+                             rtol=1e-12)
+  final = loss_with_components(res.params, target)[1]
+  np.testing.assert_allclose(aux["fit"][-1], final["fit"], rtol=1e-12)
+  if optimizer is None:
+    assert res.state.info.aux is not None  # kept by trncg(has_aux=True)

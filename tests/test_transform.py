@@ -112,3 +112,32 @@ def test_flax_nnx_mlp_fits_a_1d_function(dtype):
     assert leaf.dtype == dtype
   model = nnx.merge(graphdef, params)  # usable as a model again
   np.testing.assert_allclose(model(x), y, atol=1e-2)
+
+
+def test_has_aux_and_subsampled_hessian_match_the_pure_api():
+  from tests.test_trust_region import loss_with_components
+
+  def loss(x, target):
+    return loss_with_components(x, target)
+
+  target, sub_target = jnp.array([3.0, -2.0, 0.5]), jnp.array([2.0, -1.0, 0.0])
+  x0 = jnp.zeros(3)
+  aux = jax.eval_shape(loss, x0, target)[1]
+  opt = trncg_jax.trncg(has_aux=True)
+  with pytest.raises(TypeError, match="needs an example"):
+    opt.init(x0)
+  state = opt.init(x0, aux=aux)
+  x = x0
+  x_pure, state_pure = x0, trncg_jax.trncg_init(x0, has_aux=True, aux=aux)
+  value_and_grad = optax.value_and_grad_from_state(lambda p: loss(p, target)[0])
+  for _ in range(8):
+    value, grad = value_and_grad(x, state=state)
+    updates, state = opt.update(grad, state, x, value=value, grad=grad,
+                                value_fn=loss, target=target,
+                                hvp_extra_args=dict(target=sub_target))
+    x = optax.apply_updates(x, updates)
+    x_pure, state_pure = trncg_jax.trncg_update(
+        x_pure, state_pure, loss, target, hvp_args=(sub_target,))
+    np.testing.assert_allclose(x, x_pure, rtol=1e-12)
+    np.testing.assert_allclose(state.info.aux["fit"], loss(x, target)[1]["fit"],
+                               rtol=1e-12)

@@ -173,8 +173,12 @@ def test_non_scalar_loss_and_bad_params_raise_type_error():
   x = jnp.zeros(3)
   with pytest.raises(TypeError, match="scalar"):
     jit_update(x, trncg_jax.trncg_init(x), lambda p: p**2)
-  with pytest.raises(TypeError, match="returned a tuple"):
+  with pytest.raises(TypeError, match="returned a tuple.*has_aux=True"):
     jit_update(x, trncg_jax.trncg_init(x), lambda p: (jnp.sum(p), p))
+  with pytest.raises(TypeError, match="must return a pair"):
+    jit_update(x, trncg_jax.trncg_init(x, has_aux=True, aux=x), jnp.sum)
+  with pytest.raises(TypeError, match=r"needs an example of the loss's aux"):
+    trncg_jax.trncg_init(x, has_aux=True)
   with pytest.raises(TypeError, match="non-float dtype int"):
     trncg_jax.trncg_init(jnp.zeros(3, jnp.int32))
   with pytest.raises(TypeError, match="complex dtype"):
@@ -288,3 +292,95 @@ def test_custom_vjp_loss_end_to_end():
   # Stationarity: 2 softplus(x - 1) sigmoid(x - 1) + x = 0.
   np.testing.assert_allclose(
       2 * jax.nn.softplus(x - 1.0) * jax.nn.sigmoid(x - 1.0) + x, 0.0, atol=1e-10)
+
+
+def loss_with_components(x, target):
+  """A loss that reports its parts, as a PINN reports PDE, BC and IC terms."""
+  fit = jnp.sum((x - target) ** 2)
+  reg = jnp.sum(x**4)
+  return fit + reg, {"fit": fit, "reg": reg}
+
+
+def test_has_aux_keeps_the_accepted_points_aux_without_retracing():
+  target = jnp.array([3.0, -2.0, 0.5])
+  x0 = jnp.zeros(3)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(x, state):
+    return trncg_jax.trncg_update(x, state, loss_with_components, target)
+
+  aux_shape = jax.eval_shape(loss_with_components, x0, target)[1]
+  # A large first radius makes early steps overshoot and be rejected.
+  x, state = x0, trncg_jax.trncg_init(x0, has_aux=True, aux=aux_shape,
+                                      initial_radius=9.0)
+  x_plain, state_plain = x0, trncg_jax.trncg_init(x0, initial_radius=9.0)
+  results = []
+  for _ in range(15):
+    x, state = step(x, state)
+    x_plain, state_plain = jit_update(
+        x_plain, state_plain, lambda p: loss_with_components(p, target)[0])
+    results.append(int(state.info.result))
+    # The aux is that of the params returned, accepted step or not.
+    _, expected = loss_with_components(x, target)
+    for name in ("fit", "reg"):
+      np.testing.assert_allclose(state.info.aux[name], expected[name],
+                                 rtol=1e-14)
+  assert StepResult.REJECTED in results and StepResult.ACCEPTED in results
+  np.testing.assert_array_equal(x, x_plain)  # aux changes nothing else
+
+
+def test_fresh_batch_evaluates_rho_on_one_batch():
+  """rho compares f(x) and f(x + p) on the same batch when batches change."""
+  def loss(w, xb, yb):
+    return jnp.mean((jnp.tanh(xb @ w) - yb) ** 2)
+
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  w_true = jax.random.normal(keys[0], (4,))
+  xs = jax.random.normal(keys[1], (6, 32, 4))
+  ys = jnp.tanh(xs @ w_true)  # every batch has the same minimizer, w_true
+  update = jax.jit(trncg_jax.trncg_update, static_argnums=2,
+                   static_argnames="fresh_batch")
+  w, state = jnp.zeros(4), trncg_jax.trncg_init(jnp.zeros(4))
+  for k in range(30):
+    xb, yb = xs[k % 6], ys[k % 6]
+    w_new, state = update(w, state, loss, xb, yb, fresh_batch=True)
+    expected = loss(w, xb, yb) - loss(w_new, xb, yb)
+    if bool(state.info.accepted):
+      np.testing.assert_allclose(state.info.actual_reduction, expected,
+                                 rtol=1e-9, atol=1e-15)
+    w = w_new
+  np.testing.assert_allclose(w, w_true, atol=1e-6)
+  # Without fresh_batch the second call reuses f(x) from the first batch, so
+  # its actual reduction mixes two batches: the check above tells them apart.
+  w0, state = jnp.zeros(4), trncg_jax.trncg_init(jnp.zeros(4))
+  w1, state = update(w0, state, loss, xs[0], ys[0])
+  w2, state = update(w1, state, loss, xs[1], ys[1])
+  same_batch = loss(w1, xs[1], ys[1]) - loss(w2, xs[1], ys[1])
+  assert abs(float(state.info.actual_reduction - same_batch)) > 1e-6
+
+
+def test_subsampled_hessian_uses_the_hvp_batch():
+  """With hvp_args the model's Hessian is the sub-batch's (Byrd et al. 2011):
+  an interior Newton step solves H_sub p = -g exactly (closed form)."""
+  def loss(x, a, b):  # 1/2 x^T A x - b^T x, A = a^T a / n, a per-sample rows
+    return 0.5 * jnp.mean((a @ x) ** 2) - b @ x
+
+  a = jax.random.normal(jax.random.PRNGKey(1), (40, 5))
+  b = jnp.arange(1.0, 6.0) / 10
+  x0 = jnp.zeros(5)
+  state = trncg_jax.trncg_init(x0, initial_radius=1e3, max_radius=1e4)
+  x1, state = trncg_jax.trncg_update(x0, state, loss, a, b, hvp_args=(a[:10], b))
+  h_sub = np.asarray(a[:10]).T @ np.asarray(a[:10]) / 10
+  step = np.linalg.solve(h_sub, np.asarray(b))
+  assert int(state.info.cg_exit) == trncg_jax.CGExit.CONVERGED
+  np.testing.assert_allclose(state.info.step_norm, np.linalg.norm(step),
+                             rtol=1e-8)
+  np.testing.assert_allclose(state.info.predicted_reduction,
+                             0.5 * np.asarray(b) @ step, rtol=1e-8)
+  # rho uses the full batch: its actual reduction decides acceptance.
+  actual = loss(x0, a, b) - loss(x0 + step, a, b)
+  np.testing.assert_allclose(state.info.actual_reduction, actual, rtol=1e-8)
+  accepted = actual / (0.5 * np.asarray(b) @ step) > 1e-3
+  assert bool(state.info.accepted) == accepted
+  np.testing.assert_allclose(x1, x0 + step if accepted else x0, rtol=1e-8)

@@ -30,14 +30,22 @@ def check_float_params(params: Any, who: str) -> None:
       )
 
 
-def check_scalar_loss(fun: Callable[[Any], Any], params: Any, who: str) -> None:
-  """Raises ``TypeError`` unless ``fun(params)`` is a real float scalar."""
+def check_scalar_loss(fun: Callable[[Any], Any], params: Any, who: str,
+                      has_aux: bool = False) -> None:
+  """Raises ``TypeError`` unless ``fun(params)`` is a real float scalar, or,
+  with ``has_aux``, a pair ``(scalar, aux)``."""
   out = jax.eval_shape(fun, params)
-  if isinstance(out, (tuple, list)):
+  if has_aux:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+      raise TypeError(
+          f"{who}: has_aux=True, so the loss must return a pair (loss, aux); "
+          f"got {type(out).__name__}.")
+    out = out[0]
+  elif isinstance(out, (tuple, list)):
     raise TypeError(
         f"{who}: the loss returned a {type(out).__name__} of {len(out)} items;"
-        " it must return one scalar. If it returns (loss, aux), return only "
-        "the loss."
+        " it must return one scalar. If it returns (loss, aux), pass "
+        "has_aux=True (trncg and solve support it), or return only the loss."
     )
   shape = getattr(out, "shape", None)
   dtype = getattr(out, "dtype", None)

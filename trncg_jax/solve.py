@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import inspect
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -20,7 +21,7 @@ import optax
 from trncg_jax._checks import check_float_params, check_number, check_scalar_loss
 from trncg_jax.nonlinear_cg import NonlinearCGInfo
 from trncg_jax.transform import trncg
-from trncg_jax.trust_region import TRNCGInfo
+from trncg_jax.trust_region import TRNCGInfo, evaluate, loss_only
 
 
 class SolveStatus(enum.IntEnum):
@@ -47,7 +48,7 @@ class SolveResult(NamedTuple):
     state: the final optimizer state.
     history: per-step diagnostics, a dict of NumPy arrays of length
       ``num_steps + 1``: ``loss`` and ``grad_norm`` at each iterate (entry 0
-      is the start), and for trncg / nonlinear_cg every field of their
+      is the start), ``aux`` (a pytree of such arrays) with ``has_aux``, and for trncg / nonlinear_cg every field of their
       ``info`` after each step (entry 0 is the initial info); for
       ``optax.lbfgs``, its line search's ``num_linesearch_steps`` and errors.
     num_steps: updates made.
@@ -77,9 +78,16 @@ def _find_info(state):
 
 
 def _info_fields(info):
-  # info.loss and info.grad_norm duplicate the history's own columns.
+  # info.loss and info.grad_norm duplicate the history's own columns, and aux
+  # gets a column of its own whatever the optimizer.
   return {k: v for k, v in info._asdict().items()
-          if k not in ("loss", "grad_norm")}
+          if k not in ("loss", "grad_norm", "aux")}
+
+
+def _aux_from_state(state):
+  """The aux an optimizer keeps for its accepted point (trncg with has_aux)."""
+  info = _find_info(state)
+  return None if info is None else getattr(info, "aux", None)
 
 
 class _Progress:
@@ -100,24 +108,44 @@ class _Progress:
 
 
 @functools.lru_cache(maxsize=64)  # same loss and optimizer: no recompilation
-def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback):
+def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
+               has_aux):
   opt = optax.with_extra_args_support(optimizer)
 
   def run(params, state, args, loss_tol, grad_tol, min_radius):
-    fun = lambda p: loss_fn(p, *args)
-    value_and_grad = jax.value_and_grad(fun)
+    full_fun = lambda p: loss_fn(p, *args)
+    fun = loss_only(full_fun, has_aux)
     stored = optax.tree.get(state, "value") is not None
+    # trncg(has_aux=True) keeps the accepted point's aux and takes the full
+    # loss; other optimizers see the loss alone, and the aux is computed here.
+    aux_in_state = has_aux and _aux_from_state(state) is not None
+    value_fn = full_fun if aux_in_state else fun
 
-    def current(params, state):
-      if stored:  # trncg, nonlinear_cg, lbfgs: reuse the accepted point's
-        return optax.value_and_grad_from_state(fun)(params, state=state)
-      return value_and_grad(params)
+    def current(params, state, first=False):
+      """The value, gradient and aux (``None`` without has_aux) at params."""
+      if not stored:  # e.g. adam: one evaluation gives all three
+        value, grad, aux = evaluate(full_fun, params,
+                                    jax.eval_shape(fun, params).dtype, has_aux)
+        return value, grad, aux
+      # trncg, nonlinear_cg, lbfgs: reuse the accepted point's value.
+      value, grad = optax.value_and_grad_from_state(fun)(params, state=state)
+      if not has_aux:
+        aux = None
+      elif aux_in_state and not first:
+        aux = _aux_from_state(state)
+      else:  # one forward pass for the aux alone
+        aux = full_fun(params)[1]
+      return value, grad, aux
 
     info0 = _find_info(state)
-    value0, grad0 = current(params, state)
+    value0, grad0, aux0 = current(params, state, first=True)
     value0 = jnp.asarray(value0)
     history = {"loss": jnp.zeros(max_steps + 1, value0.dtype),
                "grad_norm": jnp.zeros(max_steps + 1, value0.dtype)}
+    if has_aux:
+      history["aux"] = jax.tree.map(
+          lambda leaf: jnp.zeros((max_steps + 1,) + jnp.shape(leaf),
+                                 jnp.result_type(leaf)), aux0)
     if info0 is not None:
       for name, leaf in _info_fields(info0).items():
         history[name] = jnp.zeros((max_steps + 1,) + jnp.shape(leaf),
@@ -132,9 +160,12 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback):
           [SolveStatus.NON_FINITE, SolveStatus.LOSS_TOL, SolveStatus.GRAD_TOL,
            SolveStatus.STAGNATION], SolveStatus.MAX_STEPS).astype(jnp.int32)
 
-    def record(history, k, value, gnorm, state):
+    def record(history, k, value, gnorm, aux, state):
       history = dict(history, loss=history["loss"].at[k].set(value),
                      grad_norm=history["grad_norm"].at[k].set(gnorm))
+      if has_aux:
+        history["aux"] = jax.tree.map(lambda h, a: h.at[k].set(a),
+                                      history["aux"], aux)
       info = _find_info(state)
       if info is not None:
         for name, leaf in _info_fields(info).items():
@@ -142,7 +173,7 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback):
       return history
 
     gnorm0 = optax.tree.norm(grad0)
-    history = record(history, 0, value0, gnorm0, state)
+    history = record(history, 0, value0, gnorm0, aux0, state)
     carry0 = (jnp.zeros((), jnp.int32), params, state, value0, grad0, history,
               status_of(value0, gnorm0, state))
 
@@ -153,12 +184,12 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback):
     def body(carry):
       k, params, state, value, grad, history, _ = carry
       updates, state = opt.update(grad, state, params, value=value, grad=grad,
-                                  value_fn=fun)
+                                  value_fn=value_fn)
       params = optax.apply_updates(params, updates)
-      value, grad = current(params, state)
+      value, grad, aux = current(params, state)
       gnorm = optax.tree.norm(grad)
       k = k + 1
-      history = record(history, k, value, gnorm, state)
+      history = record(history, k, value, gnorm, aux, state)
       if with_callback:
         jax.lax.cond(
             (k % progress_every == 0) | (k == max_steps),
@@ -180,7 +211,8 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
           grad_tol: float = 0.0, min_radius: float = 0.0,
           progress: bool = False, progress_every: Optional[int] = None,
           log_fn: Optional[Callable[[int, float, float], None]] = None,
-          desc: str = "solve", state: Any = None) -> SolveResult:
+          desc: str = "solve", state: Any = None,
+          has_aux: bool = False) -> SolveResult:
   """Minimizes ``loss_fn(params, *args)`` in one jitted ``lax.while_loop``.
 
   Each step evaluates the value and gradient at the current params (taken
@@ -206,6 +238,10 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
     state: an optimizer state to continue from (e.g. a previous result's
       ``state``, with its ``params``); ``None`` for ``optimizer.init(params)``.
       A run continued this way makes the same steps as one uninterrupted run.
+    has_aux: ``loss_fn`` returns ``(loss, aux)``; ``history["aux"]`` then
+      holds the aux at every iterate. ``trncg(has_aux=True)`` keeps it in its
+      state for free; with any other optimizer it costs a forward pass per step
+      (none for optimizers that store no value, such as adam).
 
   Returns:
     A :class:`SolveResult`.
@@ -226,15 +262,19 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
     progress_every = max(1, max_steps // 100)
   check_number("progress_every", progress_every, 1, 2**31 - 1, integer=True)
   check_float_params(params, "solve")
-  check_scalar_loss(lambda p: loss_fn(p, *args), params, "solve")
-  optimizer = trncg() if optimizer is None else optimizer
+  check_scalar_loss(lambda p: loss_fn(p, *args), params, "solve", has_aux)
+  optimizer = trncg(has_aux=has_aux) if optimizer is None else optimizer
   with_callback = bool(progress or log_fn is not None)
   run = _build_run(loss_fn, optimizer, int(max_steps), int(progress_every),
-                   with_callback)
+                   with_callback, bool(has_aux))
   dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
   tolerances = tuple(jnp.asarray(t, dtype)
                      for t in (loss_tol, grad_tol, min_radius))
-  if state is None:
+  if state is None and has_aux and "aux" in inspect.signature(
+      optimizer.init).parameters:  # trncg: fix the state's aux structure
+    state = optimizer.init(
+        params, aux=jax.eval_shape(lambda p: loss_fn(p, *args), params)[1])
+  elif state is None:
     state = optimizer.init(params)
   start = time.perf_counter()
   compiled = run.lower(params, state, args, *tolerances).compile()
@@ -260,6 +300,6 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
       bar.close()
   params, state, history, k, status = out
   k = int(k)
-  history = {name: np.asarray(v)[:k + 1] for name, v in history.items()}
+  history = jax.tree.map(lambda v: np.asarray(v)[:k + 1], history)
   return SolveResult(params, state, history, k, SolveStatus(int(status)),
                      compile_seconds, run_seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from trncg_jax._checks import check_float_params, check_scalar_loss
@@ -25,6 +26,13 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
 
   Put ``trncg`` first in an ``optax.chain``: the trust-region model needs the
   true gradient of ``value_fn``, and later transformations only see the step.
+
+  With ``has_aux=True``, ``value_fn`` returns ``(loss, aux)``, ``init`` needs
+  an example aux (``init(params, aux=...)``), and the aux of the accepted
+  point is kept in ``state.info.aux``. ``hvp_extra_args`` (a dict) replaces
+  ``extra_args`` in the Hessian-vector products, e.g. to take them on a
+  sub-batch; for mini-batches, pass the value and gradient on the current
+  batch rather than the stored ones (see :func:`trncg_jax.trncg_update`).
 
   Args:
     **hyperparams: the fields of :class:`trncg_jax.TRNCGHyperparams`, checked
@@ -57,12 +65,13 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
   """
   config = TRNCGHyperparams(**hyperparams).validate()
 
-  def init_fn(params: Any) -> TRNCGState:
-    return init_state(params, config)
+  def init_fn(params: Any, *, aux: Any = None) -> TRNCGState:
+    return init_state(params, config, aux)
 
   def update_fn(updates: Any, state: TRNCGState, params: Any = None, *,
-                value_fn: Optional[Callable[..., jax.Array]] = None,
+                value_fn: Optional[Callable[..., Any]] = None,
                 value: Optional[jax.Array] = None, grad: Any = None,
+                hvp_extra_args: Optional[dict] = None,
                 **extra_args) -> tuple[Any, TRNCGState]:
     if params is None or value_fn is None:
       raise TypeError(
@@ -70,9 +79,19 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
           "update(grads, state, params, value_fn=loss, value=..., grad=...).")
     check_float_params(params, "trncg")
     fun = lambda p: value_fn(p, **extra_args)
-    check_scalar_loss(fun, params, "trncg")
+    check_scalar_loss(fun, params, "trncg", config.has_aux)
+    hvp_fun = (None if hvp_extra_args is None
+               else lambda p: value_fn(p, **hvp_extra_args))
     grad = updates if grad is None else grad
-    value = fun(params) if value is None else value
-    return trust_region_step(fun, params, value, grad, state)
+    dtype = state.value.dtype
+    if value is None:
+      value, aux = fun(params) if config.has_aux else (fun(params), None)
+    elif config.has_aux:  # the stored aux belongs to the stored value
+      aux = jax.lax.cond(jnp.isfinite(state.value), lambda: state.info.aux,
+                         lambda: fun(params)[1])
+    else:
+      aux = None
+    return trust_region_step(fun, params, jnp.asarray(value, dtype), grad, aux,
+                             state, hvp_fun)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

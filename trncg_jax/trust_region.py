@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +89,9 @@ class TRNCGHyperparams:
     shrink_threshold: see ``shrink_factor``.
     expand_threshold: see ``expand_factor``.
     hvp_mode: one of :data:`trncg_jax.hvp.HVP_MODES`.
+    has_aux: the loss returns ``(loss, aux)``; the aux of the accepted point
+      is kept in ``state.info.aux``. The state then needs an example aux at
+      init (``trncg_init(params, aux=...)``).
   """
 
   initial_radius: Any = 2.0
@@ -103,6 +106,7 @@ class TRNCGHyperparams:
   expand_threshold: Any = 0.75
   hvp_mode: str = dataclasses.field(
       default=hvp_lib.FORWARD_OVER_REVERSE, metadata=dict(static=True))
+  has_aux: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
   def validate(self) -> "TRNCGHyperparams":
     """Raises ``ValueError`` naming any parameter outside its allowed range.
@@ -135,6 +139,8 @@ class TRNCGHyperparams:
     if not isinstance(self.inexact_newton, (bool, jax.Array)):
       raise ValueError(
           f"inexact_newton must be a bool, got {self.inexact_newton!r}")
+    if not isinstance(self.has_aux, bool):
+      raise ValueError(f"has_aux must be a bool, got {self.has_aux!r}")
     if self.hvp_mode not in hvp_lib.HVP_MODES:
       raise ValueError(
           f"hvp_mode must be one of {hvp_lib.HVP_MODES}, got {self.hvp_mode!r}")
@@ -156,7 +162,7 @@ class TRNCGHyperparams:
                         **changes).validate()
     return dataclasses.replace(new, **{
         name: jnp.asarray(value, jnp.result_type(getattr(self, name)))
-        for name, value in changes.items() if name != "hvp_mode"})
+        for name, value in changes.items() if name not in _STATIC_FIELDS})
 
   def as_arrays(self, dtype) -> "TRNCGHyperparams":
     """The same hyperparameters as arrays: floats in ``dtype``."""
@@ -168,7 +174,11 @@ class TRNCGHyperparams:
       return jnp.asarray(value, dtype)
     return dataclasses.replace(self, **{
         f.name: cast(f.name, getattr(self, f.name))
-        for f in dataclasses.fields(self) if f.name != "hvp_mode"})
+        for f in dataclasses.fields(self) if f.name not in _STATIC_FIELDS})
+
+
+# Fields that select code rather than hold numbers: never cast to arrays.
+_STATIC_FIELDS = ("hvp_mode", "has_aux")
 
 
 class TRNCGInfo(NamedTuple):
@@ -189,6 +199,8 @@ class TRNCGInfo(NamedTuple):
     cg_exit: a :class:`trncg_jax.CGExit`.
     accepted: whether params moved.
     result: a :class:`StepResult`.
+    aux: with ``has_aux``, the loss's aux output at the params returned by
+      this update (the accepted point); ``None`` otherwise.
   """
 
   loss: jax.Array
@@ -202,6 +214,7 @@ class TRNCGInfo(NamedTuple):
   cg_exit: jax.Array
   accepted: jax.Array
   result: jax.Array
+  aux: Any = None
 
 
 class TRNCGState(NamedTuple):
@@ -228,9 +241,24 @@ def _float_dtype(params):
   return jnp.result_type(*jax.tree_util.tree_leaves(params))
 
 
-def init_state(params: Any, hyperparams: TRNCGHyperparams) -> TRNCGState:
-  """The state before the first iteration, with hyperparams in params' dtype."""
+def init_state(params: Any, hyperparams: TRNCGHyperparams,
+               aux: Any = None) -> TRNCGState:
+  """The state before the first iteration, with hyperparams in params' dtype.
+
+  With ``has_aux``, ``aux`` is an example of the loss's aux output (arrays or
+  ``jax.ShapeDtypeStruct``); zeros of its shapes fill ``info.aux`` until the
+  first update, so the state's structure never changes (no retracing).
+  Without ``has_aux`` it is ignored.
+  """
   check_float_params(params, "trncg")
+  if hyperparams.has_aux and aux is None:
+    raise TypeError(
+        "trncg(has_aux=True) needs an example of the loss's aux output at "
+        "init, to fix the state's structure: init(params, aux=jax.eval_shape("
+        "loss_fn, params, *args)[1]). trncg_jax.solve(..., has_aux=True) does "
+        "this for you.")
+  aux = (jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.result_type(x)),
+                      aux) if hyperparams.has_aux else None)
   dtype = _float_dtype(params)
   hp = hyperparams.as_arrays(dtype)
   inf = jnp.asarray(jnp.inf, dtype)
@@ -241,7 +269,7 @@ def init_state(params: Any, hyperparams: TRNCGHyperparams) -> TRNCGState:
       cg_steps=jnp.zeros((), jnp.int32),
       cg_exit=jnp.asarray(CGExit.CONVERGED, jnp.int32),
       accepted=jnp.asarray(False),
-      result=jnp.asarray(StepResult.ACCEPTED, jnp.int32))
+      result=jnp.asarray(StepResult.ACCEPTED, jnp.int32), aux=aux)
   return TRNCGState(
       count=jnp.zeros((), jnp.int32), value=inf,
       grad=optax.tree.zeros_like(params), radius=hp.initial_radius,
@@ -256,23 +284,44 @@ def _is_finite_tree(tree) -> jax.Array:
 def value_and_grad_as(fun, params, dtype):
   """``jax.value_and_grad(fun)(params)`` with the value cast to ``dtype``, the
   dtype the optimizer state keeps it in (``lax.cond`` branches must agree)."""
-  value, grad = jax.value_and_grad(fun)(params)
-  return value.astype(dtype), grad
+  value, grad, _ = evaluate(fun, params, dtype, has_aux=False)
+  return value, grad
 
 
-def trust_region_step(fun: Callable[[Any], jax.Array], params: Any,
-                      value: jax.Array, grad: Any,
-                      state: TRNCGState) -> tuple[Any, TRNCGState]:
+def evaluate(fun, params, dtype, has_aux: bool):
+  """``(value, grad, aux)`` of ``fun`` at ``params``, the value in ``dtype``;
+  ``aux`` is ``None`` unless ``fun`` returns ``(value, aux)``."""
+  if has_aux:
+    (value, aux), grad = jax.value_and_grad(fun, has_aux=True)(params)
+  else:
+    (value, grad), aux = jax.value_and_grad(fun)(params), None
+  return value.astype(dtype), grad, aux
+
+
+def loss_only(fun, has_aux: bool):
+  """``fun`` without its aux output."""
+  return (lambda p: fun(p)[0]) if has_aux else fun
+
+
+def trust_region_step(fun: Callable[[Any], Any], params: Any,
+                      value: jax.Array, grad: Any, aux: Any,
+                      state: TRNCGState,
+                      hvp_fun: Optional[Callable[[Any], Any]] = None,
+                      ) -> tuple[Any, TRNCGState]:
   """One outer iteration from a known value and gradient.
 
   Shared by :func:`trncg_update` and the optax transformation.
 
   Args:
-    fun: the loss as a function of params alone.
+    fun: the loss as a function of params alone; returns ``(loss, aux)`` with
+      ``has_aux``.
     params: the current params.
-    value: ``fun(params)``.
-    grad: ``jax.grad(fun)(params)``.
+    value: the loss at ``params``.
+    grad: its gradient there.
+    aux: the aux output there (``None`` without ``has_aux``).
     state: the current :class:`TRNCGState`.
+    hvp_fun: the function whose Hessian the model uses, like ``fun``; e.g.
+      the loss on a sub-batch (Byrd et al. 2011). ``None`` for ``fun``.
 
   Returns:
     ``(updates, new_state)``: ``updates`` is the step when accepted and zeros
@@ -287,11 +336,11 @@ def trust_region_step(fun: Callable[[Any], jax.Array], params: Any,
   tol = jnp.where(hp.inexact_newton,
                   jnp.minimum(0.5, jnp.sqrt(grad_norm)) * grad_norm, hp.cg_tol)
 
-  cg = cg_steihaug(grad, hvp_lib.make_hvp(fun, params, hp.hvp_mode), radius, tol,
-                   hp.max_cg_steps)
+  hvp = hvp_lib.make_hvp(loss_only(fun if hvp_fun is None else hvp_fun,
+                                   hp.has_aux), params, hp.hvp_mode)
+  cg = cg_steihaug(grad, hvp, radius, tol, hp.max_cg_steps)
   trial = optax.tree.add(params, cg.step)
-  trial_value, trial_grad = jax.value_and_grad(fun)(trial)
-  trial_value = trial_value.astype(dtype)
+  trial_value, trial_grad, trial_aux = evaluate(fun, trial, dtype, hp.has_aux)
   trial_finite = jnp.isfinite(trial_value) & _is_finite_tree(trial_grad)
 
   actual = value - trial_value
@@ -323,18 +372,21 @@ def trust_region_step(fun: Callable[[Any], jax.Array], params: Any,
                                           grad_norm),
       radius=radius, rho=rho, actual_reduction=actual.astype(dtype),
       predicted_reduction=predicted.astype(dtype), step_norm=cg.step_norm,
-      cg_steps=cg.steps, cg_exit=cg.exit, accepted=accepted, result=result)
+      cg_steps=cg.steps, cg_exit=cg.exit, accepted=accepted, result=result,
+      aux=optax.tree.where(accepted, trial_aux, aux))
   new_state = TRNCGState(
       count=state.count + 1, value=new_value, grad=new_grad,
       radius=new_radius.astype(dtype), hyperparams=hp, info=info)
   return updates, new_state
 
 
-def trncg_init(params: Any, **hyperparams) -> TRNCGState:
+def trncg_init(params: Any, *, aux: Any = None, **hyperparams) -> TRNCGState:
   """Initializes the trust-region Newton-CG state.
 
   Args:
     params: a pytree of float arrays (float32 or float64).
+    aux: with ``has_aux=True`` only, an example of the loss's aux output,
+      e.g. ``jax.eval_shape(loss_fn, params, *args)[1]``.
     **hyperparams: the fields of :class:`TRNCGHyperparams`; checked here, with
       a ``ValueError`` naming any parameter out of its range.
 
@@ -348,11 +400,13 @@ def trncg_init(params: Any, **hyperparams) -> TRNCGState:
     >>> float(state.radius)
     1.0
   """
-  return init_state(params, TRNCGHyperparams(**hyperparams).validate())
+  return init_state(params, TRNCGHyperparams(**hyperparams).validate(), aux)
 
 
 def trncg_update(params: Any, state: TRNCGState,
-                 loss_fn: Callable[..., jax.Array], *args) -> tuple[Any, TRNCGState]:
+                 loss_fn: Callable[..., Any], *args,
+                 hvp_args: Optional[tuple] = None,
+                 fresh_batch: bool = False) -> tuple[Any, TRNCGState]:
   """One trust-region Newton-CG iteration, as a pure function.
 
   .. math::
@@ -368,12 +422,23 @@ def trncg_update(params: Any, state: TRNCGState,
   when the state holds none. Per iteration the cost is the CG's HVPs plus one
   value-and-gradient at the trial point.
 
+  Mini-batches: pass a new batch in ``args`` each call with
+  ``fresh_batch=True``, so that the value and gradient at ``params`` are
+  recomputed on it and ``rho`` compares both points on the same batch. With
+  ``hvp_args`` the HVPs use ``loss_fn(params, *hvp_args)`` instead, e.g. a
+  sub-batch of ``args`` (a subsampled Hessian, Byrd et al. 2011).
+
   Args:
     params: a pytree of float arrays; never flattened.
     state: from :func:`trncg_init` or a previous update.
-    loss_fn: ``loss_fn(params, *args)`` returns a float scalar. Mark it static
-      under ``jax.jit``.
+    loss_fn: ``loss_fn(params, *args)`` returns a float scalar, or ``(loss,
+      aux)`` with ``has_aux``. Mark it static under ``jax.jit``.
     *args: extra arguments for ``loss_fn``, e.g. data.
+    hvp_args: the arguments for ``loss_fn`` in Hessian-vector products;
+      ``None`` for ``args``.
+    fresh_batch: ``args`` differ from the previous call's (static under
+      ``jax.jit``): re-evaluate the loss at ``params`` rather than reuse the
+      stored value. Costs one more gradient per iteration.
 
   Returns:
     ``(new_params, new_state)``.
@@ -397,13 +462,23 @@ def trncg_update(params: Any, state: TRNCGState,
   References:
     Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithm 4.1
     (Trust Region), p. 69, and Algorithm 7.2 (CG-Steihaug), p. 171.
+    Byrd, Chin, Neveitt & Nocedal, "On the use of stochastic Hessian
+    information in optimization methods for machine learning", SIAM J. Optim.
+    21(3), 2011, pp. 977-995.
   """
+  has_aux = state.hyperparams.has_aux
   check_float_params(params, "trncg_update")
   fun = lambda p: loss_fn(p, *args)
-  check_scalar_loss(fun, params, "trncg_update")
-  value, grad = jax.lax.cond(
-      jnp.isfinite(state.value),
-      lambda: (state.value, state.grad),
-      lambda: value_and_grad_as(fun, params, state.value.dtype))
-  updates, state = trust_region_step(fun, params, value, grad, state)
+  check_scalar_loss(fun, params, "trncg_update", has_aux)
+  hvp_fun = None if hvp_args is None else (lambda p: loss_fn(p, *hvp_args))
+  dtype = state.value.dtype
+  if fresh_batch:
+    value, grad, aux = evaluate(fun, params, dtype, has_aux)
+  else:
+    value, grad, aux = jax.lax.cond(
+        jnp.isfinite(state.value),
+        lambda: (state.value, state.grad, state.info.aux),
+        lambda: evaluate(fun, params, dtype, has_aux))
+  updates, state = trust_region_step(fun, params, value, grad, aux, state,
+                                     hvp_fun)
   return optax.tree.add(params, updates), state
