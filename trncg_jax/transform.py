@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from trncg_jax._checks import check_float_params, check_scalar_loss
-from trncg_jax.trust_region import TRNCGHyperparams, TRNCGState, init_state, trust_region_step
+from trncg_jax.trust_region import (TRNCGHyperparams, TRNCGState, init_state,
+                                    loss_only, match_aux, trust_region_step)
 
 
 def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
@@ -84,13 +85,14 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
                else lambda p: value_fn(p, **hvp_extra_args))
     grad = updates if grad is None else grad
     dtype = state.value.dtype
+    aux = None
+    if config.has_aux:  # the stored aux belongs to the stored value
+      aux = jax.lax.cond(
+          jnp.isfinite(state.value) & (value is not None),
+          lambda: state.info.aux,
+          lambda: match_aux(fun(params)[1], state.info.aux))
     if value is None:
-      value, aux = fun(params) if config.has_aux else (fun(params), None)
-    elif config.has_aux:  # the stored aux belongs to the stored value
-      aux = jax.lax.cond(jnp.isfinite(state.value), lambda: state.info.aux,
-                         lambda: fun(params)[1])
-    else:
-      aux = None
+      value = loss_only(fun, config.has_aux)(params)
     return trust_region_step(fun, params, jnp.asarray(value, dtype), grad, aux,
                              state, hvp_fun)
 

@@ -288,14 +288,31 @@ def value_and_grad_as(fun, params, dtype):
   return value, grad
 
 
-def evaluate(fun, params, dtype, has_aux: bool):
+def evaluate(fun, params, dtype, has_aux: bool, aux_like: Any = None):
   """``(value, grad, aux)`` of ``fun`` at ``params``, the value in ``dtype``;
-  ``aux`` is ``None`` unless ``fun`` returns ``(value, aux)``."""
+  ``aux`` is ``None`` unless ``fun`` returns ``(value, aux)``, and is cast
+  like ``aux_like`` (see :func:`match_aux`) when that is given."""
   if has_aux:
     (value, aux), grad = jax.value_and_grad(fun, has_aux=True)(params)
+    aux = aux if aux_like is None else match_aux(aux, aux_like)
   else:
     (value, grad), aux = jax.value_and_grad(fun)(params), None
   return value.astype(dtype), grad, aux
+
+
+def match_aux(aux: Any, like: Any) -> Any:
+  """``aux`` in the dtypes of the state's ``like``, so the state keeps its
+  types (as the value keeps the state's dtype). Raises ``TypeError`` at
+  trace time if the structure or shapes differ from the init example."""
+  if (jax.tree.structure(aux) != jax.tree.structure(like) or
+      any(jnp.shape(a) != jnp.shape(b) for a, b in
+          zip(jax.tree.leaves(aux), jax.tree.leaves(like)))):
+    raise TypeError(
+        "has_aux: the loss's aux output "
+        f"{jax.tree.map(jnp.shape, aux)} does not match the example given at "
+        f"init {jax.tree.map(jnp.shape, like)}; pass aux=jax.eval_shape("
+        "loss_fn, params, *args)[1] to init.")
+  return jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), aux, like)
 
 
 def loss_only(fun, has_aux: bool):
@@ -340,7 +357,8 @@ def trust_region_step(fun: Callable[[Any], Any], params: Any,
                                    hp.has_aux), params, hp.hvp_mode)
   cg = cg_steihaug(grad, hvp, radius, tol, hp.max_cg_steps)
   trial = optax.tree.add(params, cg.step)
-  trial_value, trial_grad, trial_aux = evaluate(fun, trial, dtype, hp.has_aux)
+  trial_value, trial_grad, trial_aux = evaluate(fun, trial, dtype, hp.has_aux,
+                                                state.info.aux)
   trial_finite = jnp.isfinite(trial_value) & _is_finite_tree(trial_grad)
 
   actual = value - trial_value
@@ -473,12 +491,12 @@ def trncg_update(params: Any, state: TRNCGState,
   hvp_fun = None if hvp_args is None else (lambda p: loss_fn(p, *hvp_args))
   dtype = state.value.dtype
   if fresh_batch:
-    value, grad, aux = evaluate(fun, params, dtype, has_aux)
+    value, grad, aux = evaluate(fun, params, dtype, has_aux, state.info.aux)
   else:
     value, grad, aux = jax.lax.cond(
         jnp.isfinite(state.value),
         lambda: (state.value, state.grad, state.info.aux),
-        lambda: evaluate(fun, params, dtype, has_aux))
+        lambda: evaluate(fun, params, dtype, has_aux, state.info.aux))
   updates, state = trust_region_step(fun, params, value, grad, aux, state,
                                      hvp_fun)
   return optax.tree.add(params, updates), state
