@@ -42,10 +42,9 @@ SAVE = COMMON + textwrap.dedent("""
              loss=whole.history["loss"])
     first = trncg_jax.solve(loss, params0, x, y, optimizer=optimizer,
                             max_steps=15)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory + "/step15",
-                      {"params": first.params, "opt_state": first.state})
-    checkpointer.wait_until_finished()
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory + "/step15",
+                          {"params": first.params, "opt_state": first.state})
     print("saved", float(first.history["loss"][-1]))
 """)
 
@@ -53,8 +52,8 @@ SAVE = COMMON + textwrap.dedent("""
 RESTORE = COMMON + textwrap.dedent("""
     template = {"params": params0, "opt_state": optimizer.init(params0)}
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = ocp.StandardCheckpointer().restore(directory + "/step15",
-                                                  abstract)
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(directory + "/step15", abstract)
     assert int(optax_count := restored["opt_state"].count) == 15, optax_count
     second = trncg_jax.solve(loss, restored["params"], x, y,
                              optimizer=optimizer, max_steps=15,
