@@ -23,7 +23,8 @@ import trncg_jax
 from benchmarks import paper, problems as P
 
 
-def _time(fn, *args, reps):
+def time_call(fn, *args, reps):
+  """Best-of-three mean seconds per call of ``fn(*args)``, compile excluded."""
   jax.block_until_ready(fn(*args))  # compile and warm up
   best = float("inf")
   for _ in range(3):  # best of three batches: robust to a noisy machine
@@ -36,7 +37,7 @@ def _time(fn, *args, reps):
 
 def measure(fun, params, ks=(1, 20), reps=10):
   """{mode: {k: HVP time / gradient time}} for ``fun(params)``."""
-  grad_time = _time(jax.jit(jax.grad(fun)), params, reps=reps)
+  grad_time = time_call(jax.jit(jax.grad(fun)), params, reps=reps)
   v = jax.tree.map(jnp.ones_like, params)
   out = {}
   for mode in trncg_jax.HVP_MODES:
@@ -47,7 +48,7 @@ def measure(fun, params, ks=(1, 20), reps=10):
         # Scale down so repeated products stay finite.
         return jax.lax.fori_loop(
             0, k, lambda i, w: jax.tree.map(lambda a: 1e-3 * a, hvp(w)), v)
-      out[mode][k] = _time(jax.jit(run), params, v, reps=reps) / k / grad_time
+      out[mode][k] = time_call(jax.jit(run), params, v, reps=reps) / k / grad_time
   return out, grad_time
 
 
