@@ -431,12 +431,12 @@ def main(argv=None):
   args = parser.parse_args(argv)
   parts = args.only or list("abcdef")
   quick = args.quick
-  reps = 2 if quick else 10
+  reps = 2 if quick else 5
   progress = not args.no_progress
   results = {"machine": paper.machine()}
   if "a" in parts:
     print("(a) HVP / gradient", flush=True)
-    results["a"] = part_a(cases(500 if quick else 10_000), reps)
+    results["a"] = part_a(cases(500 if quick else 10_000), 2 if quick else 3)
   n_train = 200 if quick else 1_000
   elem = P.elementary_problem("sin10", n_train)
   fun = lambda p: elem.loss(p, *elem.train)

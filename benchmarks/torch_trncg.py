@@ -80,8 +80,8 @@ def run(params, x, y, iterations: int, initial_radius=2.0, max_radius=10.0,
   names = [n for n, _ in model.named_parameters()]
   shapes = [q.shape for _, q in model.named_parameters()]
   sizes = [math.prod(s) for s in shapes]
-  x_t = torch.from_numpy(np.asarray(x)).float()
-  y_t = torch.from_numpy(np.asarray(y)).float()
+  x_t = torch.tensor(np.asarray(x), dtype=torch.float32)
+  y_t = torch.tensor(np.asarray(y), dtype=torch.float32)
 
   def loss(theta):
     chunks = torch.split(theta, sizes)
