@@ -48,8 +48,9 @@ class SolveResult(NamedTuple):
     state: the final optimizer state.
     history: per-step diagnostics, a dict of NumPy arrays of length
       ``num_steps + 1``: ``loss`` and ``grad_norm`` at each iterate (entry 0
-      is the start), ``aux`` (a pytree of such arrays) with ``has_aux``, and for trncg / nonlinear_cg every field of their
-      ``info`` after each step (entry 0 is the initial info); for
+      is the start), ``aux`` (a pytree of such arrays) with ``has_aux``, and
+      for trncg / nonlinear_cg every field of their ``info`` after each step
+      (entry 0 is the initial info); for
       ``optax.lbfgs``, its line search's ``num_linesearch_steps`` and errors.
     num_steps: updates made.
     status: a :class:`SolveStatus`.

@@ -10,7 +10,7 @@ import optax
 
 from trncg_jax._checks import check_float_params, check_scalar_loss
 from trncg_jax.trust_region import (TRNCGHyperparams, TRNCGState, init_state,
-                                    loss_only, match_aux, trust_region_step)
+                                    match_aux, trust_region_step)
 
 
 def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
@@ -86,13 +86,12 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
     grad = updates if grad is None else grad
     dtype = state.value.dtype
     aux = None
-    if config.has_aux:  # the stored aux belongs to the stored value
-      aux = jax.lax.cond(
-          jnp.isfinite(state.value) & (value is not None),
-          lambda: state.info.aux,
-          lambda: match_aux(fun(params)[1], state.info.aux))
-    if value is None:
-      value = loss_only(fun, config.has_aux)(params)
+    if value is None:  # one evaluation gives the value and the aux
+      value, aux = fun(params) if config.has_aux else (fun(params), None)
+      aux = None if aux is None else match_aux(aux, state.info.aux)
+    elif config.has_aux:  # the stored aux belongs to the stored value
+      aux = jax.lax.cond(jnp.isfinite(state.value), lambda: state.info.aux,
+                         lambda: match_aux(fun(params)[1], state.info.aux))
     return trust_region_step(fun, params, jnp.asarray(value, dtype), grad, aux,
                              state, hvp_fun)
 
