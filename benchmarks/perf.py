@@ -320,7 +320,7 @@ def part_f(n_train, progress):
 
 
 def report(results) -> str:
-  lines = [f"# Performance", "", f"Machine: {results['machine']}.", ""]
+  lines = ["# Performance", "", f"Machine: {results['machine']}.", ""]
   if "a" in results:
     lines += ["## (a) HVP cost / gradient cost (target: best mode <= 2.0)", "",
               "| loss | gradient (ms) | " + " | ".join(trncg_jax.HVP_MODES)

@@ -44,3 +44,12 @@ def test_doctests(module):
           f"print(r)\nsys.exit(1 if r.failed or not r.attempted else 0)\n")
   proc = run_python(code)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_public_names_are_exported():
+  import trncg_jax
+  for name in trncg_jax.__all__:
+    assert hasattr(trncg_jax, name), name
+  public = {n for n in dir(trncg_jax) if not n.startswith("_")
+            and callable(getattr(trncg_jax, n))}
+  assert public <= set(trncg_jax.__all__), public - set(trncg_jax.__all__)

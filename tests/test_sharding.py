@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 from tests.test_docs import ROOT
 

@@ -42,6 +42,7 @@ __all__ = [
     "TRNCGInfo",
     "TRNCGState",
     "make_hvp",
+    "solve",
     "cg_steihaug",
     "trncg",
     "trncg_init",
