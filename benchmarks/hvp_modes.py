@@ -35,20 +35,28 @@ def time_call(fn, *args, reps):
   return best
 
 
+def hvp_loop(fun, k, mode=trncg_jax.hvp.FORWARD_OVER_REVERSE, scale=1e-3):
+  """A jitted ``(params, v) -> (scale H)^k v``: ``k`` products in one
+  ``lax.fori_loop``, as in CG (``linearize`` linearizes once, outside it).
+  The default ``scale`` keeps repeated products finite; ``None`` skips it."""
+  def product(hvp, w):
+    w = hvp(w)
+    return w if scale is None else jax.tree.map(lambda a: scale * a, w)
+
+  def run(p, v):
+    hvp = trncg_jax.make_hvp(fun, p, mode)
+    return jax.lax.fori_loop(0, k, lambda i, w: product(hvp, w), v)
+  return jax.jit(run)
+
+
 def measure(fun, params, ks=(1, 20), reps=10):
   """{mode: {k: HVP time / gradient time}} for ``fun(params)``."""
   grad_time = time_call(jax.jit(jax.grad(fun)), params, reps=reps)
   v = jax.tree.map(jnp.ones_like, params)
   out = {}
   for mode in trncg_jax.HVP_MODES:
-    out[mode] = {}
-    for k in ks:
-      def run(p, v, mode=mode, k=k):
-        hvp = trncg_jax.make_hvp(fun, p, mode)
-        # Scale down so repeated products stay finite.
-        return jax.lax.fori_loop(
-            0, k, lambda i, w: jax.tree.map(lambda a: 1e-3 * a, hvp(w)), v)
-      out[mode][k] = time_call(jax.jit(run), params, v, reps=reps) / k / grad_time
+    out[mode] = {k: time_call(hvp_loop(fun, k, mode), params, v, reps=reps)
+                 / k / grad_time for k in ks}
   return out, grad_time
 
 

@@ -155,17 +155,21 @@ def _heat_problem(size: Size, smooth: bool, dtype):
 
 
 def run_for(seconds, loss, params, args, optimizer, chunk, desc, progress,
-            **tols):
+            max_steps=None, **tols):
   """Runs ``optimizer`` in chunks of ``chunk`` steps (one compiled loop)
-  until its measured run time reaches ``seconds``; merges the chunks into one
-  result, so every optimizer gets the same wall-clock budget."""
-  res = first = _run(loss, params, args, optimizer, chunk, desc, progress,
-                     **tols)
+  until its measured run time reaches ``seconds`` (or ``max_steps`` steps, or
+  a tolerance is met); merges the chunks into one result, so every optimizer
+  gets the same wall-clock budget."""
+  max_steps = max_steps or 2**31 - 2
+  res = first = _run(loss, params, args, optimizer, min(chunk, max_steps),
+                     desc, progress, **tols)
   history = {k: [v] for k, v in res.history.items()}
   run_seconds, steps = res.run_seconds, res.num_steps
-  while run_seconds < seconds and res.status == trncg_jax.SolveStatus.MAX_STEPS:
+  while (run_seconds < seconds and steps < max_steps
+         and res.status == trncg_jax.SolveStatus.MAX_STEPS):
     res = trncg_jax.solve(loss, res.params, *args, optimizer=optimizer,
-                          max_steps=chunk, state=res.state, desc=desc, **tols)
+                          max_steps=min(chunk, max_steps - steps),
+                          state=res.state, desc=desc, **tols)
     for k, v in res.history.items():
       history[k].append(v[1:])  # entry 0 repeats the previous chunk's last
     run_seconds += res.run_seconds

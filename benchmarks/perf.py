@@ -36,7 +36,7 @@ import scipy.optimize
 
 import trncg_jax
 from benchmarks import hvp_modes, paper, problems as P
-from benchmarks.hvp_modes import time_call
+from benchmarks.hvp_modes import hvp_loop, time_call
 
 LOSS_TARGET = paper.LOSS_TARGET
 K = 20  # HVPs per measurement: the CG steps of a typical outer iteration
@@ -101,11 +101,9 @@ def part_b(fun, params, reps):
   bare = jax.jit(lambda p, v: trncg_jax.make_hvp(fun, p)(v))
   t_bare = time_call(bare, params, grad, reps=reps)
 
-  def k_products(p, v):  # the same K products in a fori_loop: no CG algebra
-    hvp = trncg_jax.make_hvp(fun, p)
-    return jax.lax.fori_loop(0, K, lambda i, w: hvp(w), v)
-
-  t_loop = time_call(jax.jit(k_products), params, grad, reps=reps) / K
+  # The same K products in a fori_loop: no CG algebra.
+  t_loop = time_call(hvp_loop(fun, K, scale=None), params, grad,
+                     reps=reps) / K
   cg = jax.jit(lambda p, g: trncg_jax.cg_steihaug(
       g, trncg_jax.make_hvp(fun, p), 1e30, 0.0, K))
   steps = int(cg(params, grad).steps)
@@ -127,12 +125,9 @@ def part_c(fun, params, reps, warmup_steps=10):
   t_iter = time_call(lambda p, s: update(p, s, loss), params, state, reps=reps)
   t_vg = time_call(jax.jit(jax.value_and_grad(loss)), params, reps=reps)
 
-  def k_products(p, v):
-    hvp = trncg_jax.make_hvp(loss, p)
-    return jax.lax.fori_loop(0, k, lambda i, w: hvp(w), v)
-
   grad = jax.grad(loss)(params)
-  t_hvps = time_call(jax.jit(k_products), params, grad, reps=reps) if k else 0.0
+  t_hvps = (time_call(hvp_loop(loss, k, scale=None), params, grad, reps=reps)
+            if k else 0.0)
   return {"k": k, "iteration_ms": 1e3 * t_iter, "value_and_grad_ms": 1e3 * t_vg,
           "k_hvps_ms": 1e3 * t_hvps, "ratio": t_iter / (t_vg + t_hvps)}
 
@@ -142,17 +137,11 @@ def _hvp_time_and_memory(fun, params, reps, k=5):
   XLA's compiled buffer sizes (arguments + outputs + temporaries). On CPU
   ``peak_memory_in_bytes`` leaves the temporaries out, so it is not used."""
   v = jax.tree.map(jnp.ones_like, params)
-
-  def k_products(p, v):
-    hvp = trncg_jax.make_hvp(fun, p)
-    return jax.lax.fori_loop(
-        0, k, lambda i, w: jax.tree.map(lambda a: 1e-3 * a, hvp(w)), v)
-
   one = jax.jit(lambda p, v: trncg_jax.make_hvp(fun, p)(v))
   memory = one.lower(params, v).compile().memory_analysis()
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
           + memory.temp_size_in_bytes)
-  return time_call(jax.jit(k_products), params, v, reps=reps) / k, int(peak)
+  return time_call(hvp_loop(fun, k), params, v, reps=reps) / k, int(peak)
 
 
 def part_d(widths, batches, reps):
@@ -230,24 +219,13 @@ def to_target(prob, optimizer, max_steps, max_seconds, chunk, desc, progress):
   (one compiled loop), giving up after ``max_steps`` steps or ``max_seconds``
   of run time: a baseline still short of the target then is slower than
   anything that reached it sooner."""
-  res = trncg_jax.solve(prob.loss, prob.params, *prob.train, optimizer=optimizer,
-                        max_steps=chunk, loss_tol=LOSS_TARGET, progress=progress,
-                        desc=desc)
-  histories, steps, seconds = [res.history], res.num_steps, res.run_seconds
-  compile_seconds = res.compile_seconds
-  while (res.status == trncg_jax.SolveStatus.MAX_STEPS and steps < max_steps
-         and seconds < max_seconds):
-    res = trncg_jax.solve(prob.loss, res.params, *prob.train,
-                          optimizer=optimizer, state=res.state,
-                          max_steps=min(chunk, max_steps - steps),
-                          loss_tol=LOSS_TARGET, progress=progress, desc=desc)
-    histories.append({k: v[1:] for k, v in res.history.items()})
-    steps += res.num_steps
-    seconds += res.run_seconds
-  history = {k: np.concatenate([h[k] for h in histories]) for k in histories[0]}
-  grads, hvps = paper.work_counts(history, steps)
-  return dict(iterations=steps, seconds=seconds, compile_seconds=compile_seconds,
-              gradients=grads, hvps=hvps, loss=float(history["loss"][-1]),
+  res = paper.run_for(max_seconds, prob.loss, prob.params, prob.train,
+                      optimizer, chunk, desc, progress, max_steps=max_steps,
+                      loss_tol=LOSS_TARGET)
+  grads, hvps = paper.work_counts(res.history, res.num_steps)
+  return dict(iterations=res.num_steps, seconds=res.run_seconds,
+              compile_seconds=res.compile_seconds, gradients=grads, hvps=hvps,
+              loss=float(res.history["loss"][-1]),
               reached_target=res.status == trncg_jax.SolveStatus.LOSS_TOL)
 
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from trncg_jax._checks import check_float_params, check_number, check_scalar_loss
-from trncg_jax.trust_region import value_and_grad_as
+from trncg_jax.trust_region import evaluate
 
 BETA_RULES = ("hestenes-stiefel", "fletcher-reeves", "polak-ribiere",
               "polak-ribiere-plus", "dai-yuan")
@@ -397,7 +397,7 @@ def nonlinear_cg_update(params, state: NonlinearCGState,
   value, grad = jax.lax.cond(
       jnp.isfinite(stored_value),
       lambda: (stored_value, optax.tree.get(state.linesearch_state, "grad")),
-      lambda: value_and_grad_as(fun, params, stored_value.dtype))
+      lambda: evaluate(fun, params, stored_value.dtype, has_aux=False)[:2])
   updates, state = _update(state.config, state, params, value, grad,
                            lambda p: fun(p), {})
   return optax.tree.add(params, updates), state

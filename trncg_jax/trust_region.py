@@ -281,17 +281,13 @@ def _is_finite_tree(tree) -> jax.Array:
       [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def value_and_grad_as(fun, params, dtype):
-  """``jax.value_and_grad(fun)(params)`` with the value cast to ``dtype``, the
-  dtype the optimizer state keeps it in (``lax.cond`` branches must agree)."""
-  value, grad, _ = evaluate(fun, params, dtype, has_aux=False)
-  return value, grad
-
-
 def evaluate(fun, params, dtype, has_aux: bool, aux_like: Any = None):
-  """``(value, grad, aux)`` of ``fun`` at ``params``, the value in ``dtype``;
-  ``aux`` is ``None`` unless ``fun`` returns ``(value, aux)``, and is cast
-  like ``aux_like`` (see :func:`match_aux`) when that is given."""
+  """``(value, grad, aux)`` of ``fun`` at ``params``.
+
+  The value is cast to ``dtype``, the dtype the optimizer state keeps it in
+  (``lax.cond`` branches must agree). ``aux`` is ``None`` unless ``fun``
+  returns ``(value, aux)``, and is cast like ``aux_like`` (see
+  :func:`match_aux`) when that is given."""
   if has_aux:
     (value, aux), grad = jax.value_and_grad(fun, has_aux=True)(params)
     aux = aux if aux_like is None else match_aux(aux, aux_like)
