@@ -21,9 +21,15 @@ def test_cg_loop_measurement_runs_all_its_steps():
 
 def test_outer_iteration_reference_uses_its_own_cg_steps():
   prob = P.elementary_problem("sin5", 64, 64)
-  out = perf.part_c(lambda p: prob.loss(p, *prob.train), prob.params, reps=1,
-                    warmup_steps=3)
+  fun = lambda p: prob.loss(p, *prob.train)
+  out = perf.part_c(fun, prob.params, reps=1, warmup_steps=3)
   assert out["k"] >= 1 and out["k_hvps_ms"] > 0
+  # k is the CG step count of the timed iteration: the fourth update.
+  params, state = prob.params, trncg_jax.trncg_init(prob.params,
+                                                    inexact_newton=True)
+  for _ in range(4):
+    params, state = trncg_jax.trncg_update(params, state, fun)
+  assert out["k"] == int(state.info.cg_steps)
 
 
 def test_scipy_baseline_makes_trncgs_iterations():
