@@ -54,7 +54,7 @@ def measure(fun, params, ks=(1, 20), reps=10):
   grad_time = time_call(jax.jit(jax.grad(fun)), params, reps=reps)
   v = jax.tree.map(jnp.ones_like, params)
   out = {}
-  for mode in trncg_jax.HVP_MODES:
+  for mode in trncg_jax.hvp.HESSIAN_MODES:
     out[mode] = {k: time_call(hvp_loop(fun, k, mode), params, v, reps=reps)
                  / k / grad_time for k in ks}
   return out, grad_time

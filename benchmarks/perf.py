@@ -301,11 +301,11 @@ def report(results) -> str:
   lines = ["# Performance", "", f"Machine: {results['machine']}.", ""]
   if "a" in results:
     lines += ["## (a) HVP cost / gradient cost (target: best mode <= 2.0)", "",
-              "| loss | gradient (ms) | " + " | ".join(trncg_jax.HVP_MODES)
-              + " | best |", "| --- " * (3 + len(trncg_jax.HVP_MODES)) + "|"]
+              "| loss | gradient (ms) | " + " | ".join(trncg_jax.hvp.HESSIAN_MODES)
+              + " | best |", "| --- " * (3 + len(trncg_jax.hvp.HESSIAN_MODES)) + "|"]
     for name, row in results["a"].items():
       lines.append(f"| {name} | {row['grad_ms']:.2f} | " + " | ".join(
-          f"{row['ratios'][m][str(K)]:.2f}" for m in trncg_jax.HVP_MODES)
+          f"{row['ratios'][m][str(K)]:.2f}" for m in trncg_jax.hvp.HESSIAN_MODES)
           + f" | **{row['best']:.2f}** |")
     lines += ["", f"Per HVP in a loop of {K} products (as in CG)."
               " k=1 figures are in perf.json.", ""]

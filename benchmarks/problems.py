@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import trncg_jax
+
 ELEMENTARY_FUNCTIONS: dict[str, Callable] = {
     "linear": lambda x: 5 * x + 3,
     "quadratic": lambda x: (x - 0.5) ** 2,
@@ -105,9 +107,11 @@ def elementary_problem(name: str, n_train: int = 10_000, n_test: int = 10_000,
 
 @functools.lru_cache(maxsize=None)
 def _mse_loss(apply):
-  def loss(params, x, y):
-    return jnp.mean((apply(params, x) - y) ** 2)
-  return loss
+  """The MSE ``mean((apply(params, x) - y)^2)``, written as its residuals so
+  that trncg can use Gauss-Newton curvature; to any optimizer it is a loss."""
+  def residuals(params, x, y):
+    return (apply(params, x) - y) / jnp.sqrt(y.size)
+  return trncg_jax.LeastSquares(residuals)
 
 
 # --------------------------------------------------------------------------
@@ -201,13 +205,15 @@ def heat_residual(apply, params, points, alpha):
 
 @functools.lru_cache(maxsize=None)
 def heat_loss_fn(apply, alpha: float = HEAT_ALPHA, lam: float = HEAT_LAMBDA):
-  """The PINN loss lambda (f_BC + f_IC) + (1 - lambda) f_PDE."""
-  def loss(params, data: Collocation):
-    f_pde = jnp.mean(heat_residual(apply, params, data.interior, alpha) ** 2)
-    f_bc = jnp.mean((apply(params, data.boundary)[:, 0] - data.boundary_u) ** 2)
-    f_ic = jnp.mean((apply(params, data.initial)[:, 0] - data.initial_u) ** 2)
-    return lam * (f_bc + f_ic) + (1 - lam) * f_pde
-  return loss
+  """The PINN loss lambda (f_BC + f_IC) + (1 - lambda) f_PDE, each f a mean
+  of squares, written as its weighted residuals (a ``LeastSquares`` loss)."""
+  def residuals(params, data: Collocation):
+    r_pde = heat_residual(apply, params, data.interior, alpha)
+    r_bc = apply(params, data.boundary)[:, 0] - data.boundary_u
+    r_ic = apply(params, data.initial)[:, 0] - data.initial_u
+    weigh = lambda w, r: jnp.sqrt(w / r.size) * r
+    return (weigh(1 - lam, r_pde), weigh(lam, r_bc), weigh(lam, r_ic))
+  return trncg_jax.LeastSquares(residuals)
 
 
 def heat_fd_reference(t: float = 1.0, n: int = 201, dt: float = 2e-3,

@@ -26,7 +26,7 @@ def _setup():
   return params, x, y, v
 
 
-@pytest.mark.parametrize("mode", trncg_jax.HVP_MODES)
+@pytest.mark.parametrize("mode", trncg_jax.hvp.HESSIAN_MODES)
 def test_hvp_equals_explicit_hessian(mode):
   params, x, y, v = _setup()
   flat, unravel = jax.flatten_util.ravel_pytree(params)

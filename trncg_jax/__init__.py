@@ -1,6 +1,7 @@
 """trncg_jax: matrix-free trust-region Newton-CG and nonlinear CG in JAX."""
 
 from trncg_jax.hvp import HVP_MODES, make_hvp
+from trncg_jax.least_squares import LeastSquares
 from trncg_jax.nonlinear_cg import (
     BETA_RULES,
     NonlinearCGConfig,
@@ -34,6 +35,7 @@ __all__ = [
     "nonlinear_cg_update",
     "CGExit",
     "HVP_MODES",
+    "LeastSquares",
     "SolveResult",
     "SolveStatus",
     "SteihaugResult",

@@ -11,6 +11,8 @@ from typing import Any, Callable
 import jax
 import jax.extend
 
+from trncg_jax.least_squares import gauss_newton_product
+
 #: Forward-over-reverse, ``jax.jvp(jax.grad(f))``: each product re-runs the
 #: primal forward and backward pass with tangents. Lowest memory.
 FORWARD_OVER_REVERSE = "forward_over_reverse"
@@ -22,8 +24,16 @@ LINEARIZE = "linearize"
 #: Reverse-over-reverse, ``jax.vjp(jax.grad(f))``, valid because the Hessian is
 #: symmetric. Use it for losses with a ``jax.custom_vjp`` that has no JVP rule.
 REVERSE_OVER_REVERSE = "reverse_over_reverse"
+#: Not the Hessian but the Gauss-Newton matrix ``2 J^T J`` of a
+#: :class:`trncg_jax.LeastSquares` loss (see
+#: :func:`trncg_jax.least_squares.gauss_newton_product`): positive
+#: semidefinite, and each product is one linear JVP and one VJP of the
+#: residuals, with no second derivatives of the loss.
+GAUSS_NEWTON = "gauss_newton"
 
-HVP_MODES = (FORWARD_OVER_REVERSE, LINEARIZE, REVERSE_OVER_REVERSE)
+#: The modes whose products are exact Hessian-vector products.
+HESSIAN_MODES = (FORWARD_OVER_REVERSE, LINEARIZE, REVERSE_OVER_REVERSE)
+HVP_MODES = HESSIAN_MODES + (GAUSS_NEWTON,)
 
 
 def _jaxprs_in(value):
@@ -66,7 +76,8 @@ def check_hvp_mode(fun: Callable[[Any], jax.Array], params: Any,
 
 def make_hvp(fun: Callable[[Any], jax.Array], params: Any,
              mode: str = FORWARD_OVER_REVERSE) -> Callable[[Any], Any]:
-  """Returns ``v -> H v`` where ``H`` is the Hessian of ``fun`` at ``params``.
+  """Returns ``v -> H v`` where ``H`` is the Hessian of ``fun`` at ``params``
+  (its Gauss-Newton matrix for ``mode="gauss_newton"``).
 
   ``v`` and the result are pytrees with the structure and dtypes of ``params``.
 
@@ -81,7 +92,9 @@ def make_hvp(fun: Callable[[Any], jax.Array], params: Any,
   Raises:
     ValueError: for an unknown ``mode``.
     TypeError: at trace time, for a forward-mode ``mode`` and a loss that
-      contains a ``jax.custom_vjp`` (see :func:`check_hvp_mode`).
+      contains a ``jax.custom_vjp`` (see :func:`check_hvp_mode`), or for
+      ``"gauss_newton"`` and a loss that is not a
+      :class:`trncg_jax.LeastSquares`.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -98,6 +111,8 @@ def make_hvp(fun: Callable[[Any], jax.Array], params: Any,
   if mode not in HVP_MODES:
     raise ValueError(f"hvp_mode must be one of {HVP_MODES}, got {mode!r}")
   check_hvp_mode(fun, params, mode)
+  if mode == GAUSS_NEWTON:
+    return gauss_newton_product(fun, params)
   grad_fn = jax.grad(fun)
   if mode == FORWARD_OVER_REVERSE:
     return lambda v: jax.jvp(grad_fn, (params,), (v,))[1]

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from trncg_jax._checks import check_float_params, check_number, check_scalar_loss
+from trncg_jax.least_squares import bind
 from trncg_jax.nonlinear_cg import NonlinearCGInfo
 from trncg_jax.transform import trncg
 from trncg_jax.trust_region import TRNCGInfo, evaluate, loss_only
@@ -114,7 +115,7 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
   opt = optax.with_extra_args_support(optimizer)
 
   def run(params, state, args, loss_tol, grad_tol, min_radius):
-    full_fun = lambda p: loss_fn(p, *args)
+    full_fun = bind(loss_fn, *args)  # a LeastSquares loss stays one
     fun = loss_only(full_fun, has_aux)
     stored = optax.tree.get(state, "value") is not None
     # trncg(has_aux=True) keeps the accepted point's aux and takes the full

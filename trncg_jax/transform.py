@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from trncg_jax._checks import check_float_params, check_scalar_loss
+from trncg_jax.least_squares import bind
 from trncg_jax.trust_region import (TRNCGHyperparams, TRNCGState, init_state,
                                     match_aux, trust_region_step)
 
@@ -79,10 +80,10 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
           "trncg's update needs params and value_fn: call "
           "update(grads, state, params, value_fn=loss, value=..., grad=...).")
     check_float_params(params, "trncg")
-    fun = lambda p: value_fn(p, **extra_args)
+    fun = bind(value_fn, **extra_args)
     check_scalar_loss(fun, params, "trncg", config.has_aux)
     hvp_fun = (None if hvp_extra_args is None
-               else lambda p: value_fn(p, **hvp_extra_args))
+               else bind(value_fn, **hvp_extra_args))
     grad = updates if grad is None else grad
     dtype = state.value.dtype
     aux = None

@@ -24,6 +24,7 @@ import optax
 
 from trncg_jax import hvp as hvp_lib
 from trncg_jax._checks import check_float_params, check_number, check_scalar_loss
+from trncg_jax.least_squares import bind
 from trncg_jax.steihaug import CGExit, cg_steihaug
 
 
@@ -88,7 +89,9 @@ class TRNCGHyperparams:
       ``rho > expand_threshold`` on the boundary; ``2`` and ``0.75``.
     shrink_threshold: see ``shrink_factor``.
     expand_threshold: see ``expand_factor``.
-    hvp_mode: one of :data:`trncg_jax.hvp.HVP_MODES`.
+    hvp_mode: one of :data:`trncg_jax.hvp.HVP_MODES`; ``"gauss_newton"``
+      replaces the Hessian by the Gauss-Newton matrix of a
+      :class:`trncg_jax.LeastSquares` loss.
     has_aux: the loss returns ``(loss, aux)``; the aux of the accepted point
       is kept in ``state.info.aux``. The state then needs an example aux at
       init (``trncg_init(params, aux=...)``).
@@ -144,6 +147,11 @@ class TRNCGHyperparams:
     if self.hvp_mode not in hvp_lib.HVP_MODES:
       raise ValueError(
           f"hvp_mode must be one of {hvp_lib.HVP_MODES}, got {self.hvp_mode!r}")
+    if self.has_aux and self.hvp_mode == hvp_lib.GAUSS_NEWTON:
+      raise ValueError(
+          "has_aux=True is not supported with hvp_mode='gauss_newton': a "
+          "LeastSquares loss returns its sum of squares only. Compute the aux "
+          "from the params after the run.")
     return self
 
   def replace(self, **changes) -> "TRNCGHyperparams":
@@ -482,9 +490,9 @@ def trncg_update(params: Any, state: TRNCGState,
   """
   has_aux = state.hyperparams.has_aux
   check_float_params(params, "trncg_update")
-  fun = lambda p: loss_fn(p, *args)
+  fun = bind(loss_fn, *args)
   check_scalar_loss(fun, params, "trncg_update", has_aux)
-  hvp_fun = None if hvp_args is None else (lambda p: loss_fn(p, *hvp_args))
+  hvp_fun = None if hvp_args is None else bind(loss_fn, *hvp_args)
   dtype = state.value.dtype
   if fresh_batch:
     value, grad, aux = evaluate(fun, params, dtype, has_aux, state.info.aux)
