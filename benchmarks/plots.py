@@ -12,8 +12,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks.problems import ELEMENTARY_LABELS  # pylint: disable=g-import-not-at-top
 
-COLORS = {"trncg": "C3", "trncg_paper": "C1", "adam": "C0", "lbfgs": "C2",
-          "nonlinear_cg": "C4"}
+COLORS = {"trncg": "C3", "trncg_paper": "C1", "trncg_gn": "C5", "adam": "C0",
+          "lbfgs": "C2", "nonlinear_cg": "C4"}
 
 
 def _grid(n):
@@ -112,7 +112,7 @@ def bars(results, problems, path):
 def pinn_solution(solutions, path, title):
   xy = solutions["xy"]
   panels = [("reference", "reference")] + [
-      (n, n) for n in ("trncg", "adam") if n in solutions]
+      (n, n) for n in ("trncg", "trncg_gn", "adam") if n in solutions]
   fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.6))
   ref = solutions["reference"]
   for ax, (key, label) in zip(axes, panels):
@@ -122,7 +122,7 @@ def pinn_solution(solutions, path, title):
     ax.set_aspect("equal")
   fig.colorbar(sc, ax=axes[len(panels) - 1])
   ax = axes[-1]
-  for key in ("trncg", "adam"):
+  for key in ("trncg", "trncg_gn", "adam"):
     if key in solutions:
       err = np.abs(solutions[key] - ref)
       ax.hist(err, bins=60, histtype="step", color=COLORS[key], label=key,

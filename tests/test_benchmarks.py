@@ -91,6 +91,26 @@ def test_heat_residual_against_closed_forms():
                              rtol=1e-12)
 
 
+def test_residual_form_losses_equal_the_papers_formulas():
+  """The losses are LeastSquares (for Gauss-Newton); their values must still be
+  the paper's MSE and lambda (f_BC + f_IC) + (1 - lambda) f_PDE."""
+  prob = P.elementary_problem("sin5", 64, 8, dtype=jnp.float64)
+  x, y = prob.train
+  mse = np.mean((np.asarray(prob.apply(prob.params, x)) - np.asarray(y)) ** 2)
+  np.testing.assert_allclose(prob.loss(prob.params, x, y), mse, rtol=1e-12)
+  apply, params = P.init_mlp(P.N_P_SIZES, 0, jnp.float64)
+  data = P.heat_collocation(200, seed=0, dtype=jnp.float64)
+  u = lambda pts: np.asarray(apply(params, pts)[:, 0])
+  f_pde = np.mean(np.asarray(
+      P.heat_residual(apply, params, data.interior, P.HEAT_ALPHA)) ** 2)
+  f_bc = np.mean((u(data.boundary) - np.asarray(data.boundary_u)) ** 2)
+  f_ic = np.mean((u(data.initial) - np.asarray(data.initial_u)) ** 2)
+  lam = 0.3
+  np.testing.assert_allclose(
+      P.heat_loss_fn(apply, P.HEAT_ALPHA, lam)(params, data),
+      lam * (f_bc + f_ic) + (1 - lam) * f_pde, rtol=1e-12)
+
+
 def test_work_counts():
   hist = {"cg_steps": np.array([0, 3, 4, 5])}
   assert paper.work_counts(hist, 3) == (4, 12)
