@@ -234,8 +234,7 @@ def part_e(n_train, max_steps, max_seconds, scipy_seconds, torch_iterations,
   """Time to loss <= 1e-6 on the six elementary functions, side by side."""
   hyper = dict(initial_radius=2.0, max_radius=10.0, eta=1e-3)
   optimizers = {"trncg": trncg_jax.trncg(inexact_newton=True, **hyper),
-                "trncg_gn": trncg_jax.trncg(inexact_newton=True, **hyper,
-                                            hvp_mode=trncg_jax.hvp.GAUSS_NEWTON),
+                "trncg_gn": paper.make_optimizers()["trncg_gn"],
                 "adam": optax.adam(1e-3), "lbfgs": optax.lbfgs()}
   rows = []
   try:

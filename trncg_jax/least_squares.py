@@ -44,9 +44,9 @@ class LeastSquares:
     Array([2., 1.], dtype=float32)
 
   References:
-    Nocedal & Wright, *Numerical Optimization*, 2nd ed., Section 10.3
-    (the Gauss-Newton method), pp. 254-257, and Section 10.3's trust-region
-    (Levenberg-Marquardt) form, pp. 258-259.
+    Nocedal & Wright, *Numerical Optimization*, 2nd ed., Section 10.3: the
+    Gauss-Newton method, pp. 254-258, and the Levenberg-Marquardt method,
+    its trust-region form, pp. 258-262.
   """
 
   def __init__(self, residual_fn: Callable[..., Any]):

@@ -223,7 +223,8 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
   optimizers such as ``optax.adam`` work as they are.
 
   Args:
-    loss_fn: ``loss_fn(params, *args)`` returns a float scalar.
+    loss_fn: ``loss_fn(params, *args)`` returns a float scalar; a
+      :class:`trncg_jax.LeastSquares` for ``trncg(hvp_mode="gauss_newton")``.
     params: initial params, any pytree of float arrays.
     *args: extra arguments for ``loss_fn`` (data, collocation points).
     optimizer: an optax transformation; ``None`` for ``trncg()``.

@@ -454,7 +454,8 @@ def trncg_update(params: Any, state: TRNCGState,
     params: a pytree of float arrays; never flattened.
     state: from :func:`trncg_init` or a previous update.
     loss_fn: ``loss_fn(params, *args)`` returns a float scalar, or ``(loss,
-      aux)`` with ``has_aux``. Mark it static under ``jax.jit``.
+      aux)`` with ``has_aux``; a :class:`trncg_jax.LeastSquares` with
+      ``hvp_mode="gauss_newton"``. Mark it static under ``jax.jit``.
     *args: extra arguments for ``loss_fn``, e.g. data.
     hvp_args: the arguments for ``loss_fn`` in Hessian-vector products;
       ``None`` for ``args``.
