@@ -343,6 +343,8 @@ def report(results) -> str:
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def cell(r):
+      if r is None:
+        return "n/a"
       mark = "" if r["reached_target"] else " (not reached)"
       return f"{r['seconds']:.2f}; {r['iterations']}{mark}"
 
@@ -353,7 +355,7 @@ def report(results) -> str:
       speedup = row["scipy_trust_ncg"]["seconds"] / row["trncg"]["seconds"]
       lines.append(
           f"| {row['function']} | {cell(row['trncg'])} | "
-          f"{cell(row.get('trncg_gn', row['trncg']))} | {cell(row['adam'])} | "
+          f"{cell(row.get('trncg_gn'))} | {cell(row['adam'])} | "
           f"{cell(row['lbfgs'])} | {cell(row['scipy_trust_ncg'])} | "
           f"{speedup:.1f}x | {torch_cell} |")
     lines += ["", *results.get("e_verdicts", []), "",
