@@ -42,6 +42,17 @@ def test_continuing_from_a_state_matches_one_run(optimizer):
       whole.history["loss"])
 
 
+def test_continuing_with_the_default_optimizer_reuses_the_compiled_loop():
+  from trncg_jax.solve import _build_run  # pylint: disable=g-import-not-at-top
+  x0 = jnp.array([-1.2, 1.0, 0.25])
+  res = trncg_jax.solve(rosenbrock, x0, max_steps=3)
+  misses = _build_run.cache_info().misses
+  for _ in range(3):
+    res = trncg_jax.solve(rosenbrock, res.params, max_steps=3, state=res.state)
+  # No new jitted loop, so no recompilation (a fresh trncg() per call missed).
+  assert _build_run.cache_info().misses == misses
+
+
 def test_stopping_rules():
   x0 = jnp.array([-1.2, 1.0])
   res = trncg_jax.solve(rosenbrock, x0, loss_tol=1e-3, max_steps=500)

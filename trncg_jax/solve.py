@@ -207,6 +207,13 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
   return jax.jit(run)
 
 
+@functools.lru_cache(maxsize=None)
+def _default_optimizer(has_aux: bool) -> optax.GradientTransformation:
+  """One ``trncg()`` per ``has_aux``, so that calls of :func:`solve` without an
+  optimizer (e.g. a run continued with ``state=``) reuse the compiled loop."""
+  return trncg(has_aux=has_aux)
+
+
 def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
           optimizer: Optional[optax.GradientTransformation] = None,
           max_steps: int = 1000, loss_tol: float = -np.inf,
@@ -266,7 +273,7 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
   check_number("progress_every", progress_every, 1, 2**31 - 1, integer=True)
   check_float_params(params, "solve")
   check_scalar_loss(lambda p: loss_fn(p, *args), params, "solve", has_aux)
-  optimizer = trncg(has_aux=has_aux) if optimizer is None else optimizer
+  optimizer = _default_optimizer(bool(has_aux)) if optimizer is None else optimizer
   with_callback = bool(progress or log_fn is not None)
   run = _build_run(loss_fn, optimizer, int(max_steps), int(progress_every),
                    with_callback, bool(has_aux))
