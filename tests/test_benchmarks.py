@@ -157,6 +157,17 @@ def test_tiny_run_covers_every_problem_and_optimizer(tiny_run):
     assert f"({name}.png)" in report
 
 
+def test_fixed_pinn_budget_and_chosen_optimizers(tmp_path):
+  results = paper.main(["--tiny", "--only", "heat", "--pinn-seconds", "0.2",
+                        "--optimizers", "trncg_gn", "adam", "--out",
+                        str(tmp_path), "--no-progress"])
+  assert [r["optimizer"] for r in results] == ["trncg_gn", "adam"]
+  assert all(r["budget_seconds"] == 0.2 for r in results)
+  assert "--pinn-seconds 0.2" in (tmp_path / "paper.md").read_text()
+  with pytest.raises(SystemExit):  # no trncg to set the budget
+    paper.main(["--tiny", "--only", "heat", "--optimizers", "adam"])
+
+
 @pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")),
                          ids=lambda p: p.name)
 def test_notebook_runs_and_is_stripped(notebook, tmp_path):
