@@ -273,7 +273,8 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
   check_number("progress_every", progress_every, 1, 2**31 - 1, integer=True)
   check_float_params(params, "solve")
   check_scalar_loss(lambda p: loss_fn(p, *args), params, "solve", has_aux)
-  optimizer = _default_optimizer(bool(has_aux)) if optimizer is None else optimizer
+  if optimizer is None:
+    optimizer = _default_optimizer(bool(has_aux))
   with_callback = bool(progress or log_fn is not None)
   run = _build_run(loss_fn, optimizer, int(max_steps), int(progress_every),
                    with_callback, bool(has_aux))
