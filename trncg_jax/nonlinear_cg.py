@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from trncg_jax._checks import check_float_params, check_number, check_scalar_loss
+from trncg_jax.least_squares import bind
 from trncg_jax.trust_region import evaluate
 
 BETA_RULES = ("hestenes-stiefel", "fletcher-reeves", "polak-ribiere",
@@ -250,7 +251,7 @@ def _update(config: NonlinearCGConfig, state: NonlinearCGState, params,
   guess = jnp.where(guess > 0, guess, 1.0).astype(dtype)
   scaled = optax.tree.scale(guess, direction)
 
-  fun = lambda p: value_fn(p, **extra_args)
+  fun = bind(value_fn, **extra_args)
   ls = config.resolved_linesearch()
   if ls == EXACT_QUADRATIC:
     updates, ls_state = _exact_quadratic_step(fun, params, direction, grad)
@@ -352,8 +353,7 @@ def nonlinear_cg(beta: str = "polak-ribiere-plus",
           "nonlinear_cg's update needs params and value_fn: call "
           "update(grads, state, params, value=..., grad=..., value_fn=loss).")
     check_float_params(params, "nonlinear_cg")
-    check_scalar_loss(lambda p: value_fn(p, **extra_args), params,
-                      "nonlinear_cg")
+    check_scalar_loss(bind(value_fn, **extra_args), params, "nonlinear_cg")
     grad = updates if grad is None else grad
     value = value_fn(params, **extra_args) if value is None else value
     return _update(config, state, params, value, grad, value_fn, extra_args)
@@ -391,13 +391,12 @@ def nonlinear_cg_update(params, state: NonlinearCGState,
     [2. 2. 2.]
   """
   check_float_params(params, "nonlinear_cg_update")
-  fun = lambda p: loss_fn(p, *args)
+  fun = bind(loss_fn, *args)
   check_scalar_loss(fun, params, "nonlinear_cg_update")
   stored_value = optax.tree.get(state.linesearch_state, "value")
   value, grad = jax.lax.cond(
       jnp.isfinite(stored_value),
       lambda: (stored_value, optax.tree.get(state.linesearch_state, "grad")),
       lambda: evaluate(fun, params, stored_value.dtype, has_aux=False)[:2])
-  updates, state = _update(state.config, state, params, value, grad,
-                           lambda p: fun(p), {})
+  updates, state = _update(state.config, state, params, value, grad, fun, {})
   return optax.tree.add(params, updates), state

@@ -272,7 +272,8 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
     progress_every = max(1, max_steps // 100)
   check_number("progress_every", progress_every, 1, 2**31 - 1, integer=True)
   check_float_params(params, "solve")
-  check_scalar_loss(lambda p: loss_fn(p, *args), params, "solve", has_aux)
+  fun = bind(loss_fn, *args)
+  check_scalar_loss(fun, params, "solve", has_aux)
   if optimizer is None:
     optimizer = _default_optimizer(bool(has_aux))
   with_callback = bool(progress or log_fn is not None)
@@ -284,7 +285,7 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
   if state is None and has_aux and "aux" in inspect.signature(
       optimizer.init).parameters:  # trncg: fix the state's aux structure
     state = optimizer.init(
-        params, aux=jax.eval_shape(lambda p: loss_fn(p, *args), params)[1])
+        params, aux=jax.eval_shape(fun, params)[1])
   elif state is None:
     state = optimizer.init(params)
   start = time.perf_counter()
