@@ -108,8 +108,8 @@ def make_optimizers() -> dict:
 
 def work_counts(history: dict, num_steps: int) -> tuple[int, int]:
   """(gradients, HVPs) used: one value-and-gradient per evaluated point."""
-  if "cg_steps" in history:  # trncg: a trial point per step, plus the start
-    return 1 + num_steps, int(history["cg_steps"][1:].sum())
+  if "hvps" in history:  # trncg: a trial point per step, plus the start
+    return 1 + num_steps, int(history["hvps"][1:].sum())
   for key in ("linesearch_steps", "num_linesearch_steps"):
     if key in history:  # one value-and-gradient per line-search trial
       return 1 + int(np.maximum(history[key][1:], 1).sum()), 0

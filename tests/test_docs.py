@@ -12,7 +12,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODULES = ["trncg_jax.hvp", "trncg_jax.least_squares", "trncg_jax.steihaug",
+MODULES = ["trncg_jax.hvp", "trncg_jax.least_squares",
+           "trncg_jax.preconditioner", "trncg_jax.steihaug",
            "trncg_jax.trust_region",
            "trncg_jax.transform", "trncg_jax.nonlinear_cg", "trncg_jax.solve"]
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from trncg_jax.preconditioner import Preconditioner
 from trncg_jax.steihaug import CGExit, boundary_roots, cg_steihaug
 from tests.reference import random_symmetric, steihaug_numpy
 
@@ -35,6 +36,52 @@ def test_matches_numpy_reference(kind, seed):
                              rtol=1e-9, atol=1e-12)
   np.testing.assert_allclose(float(res.step_norm), np.linalg.norm(p_ref),
                              rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["spd", "indefinite"])
+@pytest.mark.parametrize("seed", range(8))
+def test_preconditioned_matches_numpy_reference(kind, seed):
+  """Steihaug's preconditioned form: ``M^{-1}`` on the residual and the region
+  ``||p||_M <= radius``, against a reference that forms every M-norm from the
+  dense ``M`` (ours carries them by recurrences of ``M d``)."""
+  rng = np.random.default_rng(100 + seed)
+  n = int(rng.integers(2, 20))
+  B = random_symmetric(rng, n, kind)
+  M = random_symmetric(rng, n, "spd", cond=10.0)
+  g = rng.standard_normal(n)
+  radius = float(rng.choice([0.05, 0.5, 5.0, 100.0]))
+  tol, max_steps = 1e-7, 3 * n  # loose enough that no step ties with tol
+  p_ref, exit_ref, steps_ref = steihaug_numpy(g, B, radius, tol, max_steps, M)
+  M_j, B_j = jnp.asarray(M), jnp.asarray(B)
+  pre = Preconditioner(solve=lambda v: jnp.linalg.solve(M_j, v),
+                       matvec=lambda v: M_j @ v)
+  res = jax.jit(lambda g: cg_steihaug(g, lambda v: B_j @ v, radius, tol,
+                                      max_steps, pre))(jnp.asarray(g))
+  np.testing.assert_allclose(np.asarray(res.step), p_ref, rtol=1e-9, atol=1e-10)
+  assert CGExit(int(res.exit)).name == exit_ref
+  assert int(res.steps) == steps_ref
+  np.testing.assert_allclose(float(res.predicted_reduction),
+                             -(g @ p_ref + 0.5 * p_ref @ B @ p_ref),
+                             rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(float(res.step_norm), np.sqrt(p_ref @ M @ p_ref),
+                             rtol=1e-9)
+  if exit_ref in ("HIT_BOUNDARY", "NEGATIVE_CURVATURE"):
+    np.testing.assert_allclose(np.sqrt(p_ref @ M @ p_ref), radius, rtol=1e-9)
+
+
+def test_preconditioning_with_the_matrix_itself_converges_in_one_step():
+  rng = np.random.default_rng(7)
+  B = jnp.asarray(random_symmetric(rng, 30, "spd", cond=1e6))
+  g = jnp.asarray(rng.standard_normal(30))
+  pre = Preconditioner(solve=lambda v: jnp.linalg.solve(B, v),
+                       matvec=lambda v: B @ v)
+  res = cg_steihaug(g, lambda v: B @ v, 1e6, 1e-8, 100, pre)
+  plain = cg_steihaug(g, lambda v: B @ v, 1e6, 1e-8, 100)
+  assert int(res.steps) == 1 and CGExit(int(res.exit)) == CGExit.CONVERGED
+  assert int(plain.steps) > 10
+  np.testing.assert_allclose(np.asarray(res.step),
+                             -np.linalg.solve(np.asarray(B), np.asarray(g)),
+                             rtol=1e-6)
 
 
 @hypothesis.settings(max_examples=60, deadline=None)

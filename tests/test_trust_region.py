@@ -153,6 +153,9 @@ def test_stationary_point_is_reported_and_radius_kept():
     ("shrink_threshold", 0.0, "(0.0, 1.0)"),
     ("expand_threshold", 0.1, "[0.25, 1.0)"),
     ("initial_radius", float("nan"), "(0.0, inf)"),
+    ("nystrom_rank", -1, "[0, 2147483647]"),
+    ("nystrom_refresh", 0, "[1, 2147483647]"),
+    ("nystrom_damping", 2.0, "[0.0, 1.0]"),
 ])
 def test_bad_hyperparameters_raise_value_error(name, value, allowed):
   with pytest.raises(ValueError, match=f"{name} must be .* in {jnp.nan if 0 else ''}"):
@@ -277,6 +280,66 @@ def test_hvp_count_equals_cg_steps(monkeypatch):
     total_cg += int(state.info.cg_steps)
   jax.effects_barrier()
   assert len(counter) == total_cg > 10
+
+
+def ill_conditioned_least_squares(n=200, top=50, seed=0):
+  """Linear residuals A w - b whose Gauss-Newton matrix 2 A^T A has ``top``
+  eigenvalues spread over 1e4 .. 1 and the rest in [0.25, 1]."""
+  rng = np.random.default_rng(seed)
+  q_left, _ = np.linalg.qr(rng.standard_normal((2 * n, n)))
+  q_right, _ = np.linalg.qr(rng.standard_normal((n, n)))
+  singular = np.concatenate([np.logspace(2, 0, top),
+                             rng.uniform(0.5, 1.0, n - top)]) / np.sqrt(2)
+  A = (q_left * singular) @ q_right.T
+  w_star = rng.standard_normal(n) / np.sqrt(n)
+  b = A @ w_star
+  return A, b, w_star
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_nystrom_preconditioning_cuts_cg_steps(dtype):
+  A, b, w_star = ill_conditioned_least_squares()
+  loss = trncg_jax.LeastSquares(
+      lambda w, A, b: A @ w - b)
+  A, b = jnp.asarray(A, dtype), jnp.asarray(b, dtype)
+  tol = 1e-5 if dtype == jnp.float32 else 1e-10
+  chex.clear_trace_counter()  # the counter is per function name: reset
+
+  @jax.jit
+  @chex.assert_max_traces(n=2)  # one trace per preconditioner setting
+  def step(w, state):
+    return trncg_jax.trncg_update(w, state, loss, A, b)
+
+  totals = {}
+  for rank in (0, 50):
+    w = jnp.zeros(200, dtype)
+    state = trncg_jax.trncg_init(w, hvp_mode="gauss_newton", nystrom_rank=rank,
+                                 cg_tol=tol, max_cg_steps=1000)
+    cg, hvps = [], []
+    for _ in range(12):
+      w, state = step(w, state)
+      cg.append(int(state.info.cg_steps))
+      hvps.append(int(state.info.hvps))
+    assert w.dtype == dtype and state.value.dtype == dtype
+    assert state.nystrom is None or state.nystrom.basis.dtype == dtype
+    np.testing.assert_allclose(np.asarray(w, float), w_star,
+                               atol=1e3 * tol * np.sqrt(200))
+    # The sketch's products are counted when it is rebuilt (count 0, 10).
+    sketch = [rank if k % 10 == 0 else 0 for k in range(12)]
+    assert hvps == [c + s for c, s in zip(cg, sketch)]
+    totals[rank] = sum(cg)
+  assert totals[50] < totals[0] / 2, totals
+
+
+def test_nystrom_rank_above_param_count_or_without_gauss_newton_is_rejected():
+  gn = dict(hvp_mode="gauss_newton")
+  with pytest.raises(ValueError, match=r"nystrom_rank must be .* \[0, 3\]"):
+    trncg_jax.trncg_init(jnp.zeros(3), nystrom_rank=4, **gn)
+  with pytest.raises(ValueError, match="nystrom_rank"):
+    trncg_jax.trncg(nystrom_rank=4, **gn).init(
+        {"a": jnp.zeros(2), "b": jnp.zeros(1)})
+  with pytest.raises(ValueError, match="nystrom_rank > 0 needs hvp_mode"):
+    trncg_jax.trncg(nystrom_rank=2)
 
 
 def test_custom_vjp_loss_end_to_end():

@@ -11,6 +11,7 @@ from trncg_jax.nonlinear_cg import (
     nonlinear_cg_init,
     nonlinear_cg_update,
 )
+from trncg_jax.preconditioner import NystromFactors, Preconditioner, nystrom
 from trncg_jax.solve import SolveResult, SolveStatus, solve
 from trncg_jax.steihaug import CGExit, SteihaugResult, cg_steihaug
 from trncg_jax.transform import trncg
@@ -36,6 +37,8 @@ __all__ = [
     "CGExit",
     "HVP_MODES",
     "LeastSquares",
+    "NystromFactors",
+    "Preconditioner",
     "SolveResult",
     "SolveStatus",
     "SteihaugResult",
@@ -44,6 +47,7 @@ __all__ = [
     "TRNCGInfo",
     "TRNCGState",
     "make_hvp",
+    "nystrom",
     "solve",
     "cg_steihaug",
     "trncg",

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from trncg_jax.preconditioner import IDENTITY, Preconditioner
+
 
 class CGExit(enum.IntEnum):
   """Why CG-Steihaug stopped (the ``cg_exit`` diagnostic)."""
@@ -44,7 +46,7 @@ class SteihaugResult(NamedTuple):
   Attributes:
     step: the step ``p``, a pytree like the gradient.
     predicted_reduction: ``m(0) - m(p)``, from CG's own recurrences.
-    step_norm: ``||p||``.
+    step_norm: ``||p||``, or ``||p||_M`` with a preconditioner ``M``.
     steps: the number of CG iterations, equal to the number of HVPs.
     exit: a :class:`CGExit`, as an int32 array.
     residual_norm: ``||g + B z||`` at the last interior iterate.
@@ -92,21 +94,25 @@ class _Carry(NamedTuple):
   r: Any
   d: Any
   rr: jax.Array  # r.r
-  zz: jax.Array  # z.z
+  ry: jax.Array  # r.M^{-1}r
+  zz: jax.Array  # ||z||_M^2
   model: jax.Array  # m(z) - m(0)
   exit: jax.Array
   done: jax.Array
 
 
 def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
-             tol: jax.Array, max_steps: jax.Array) -> SteihaugResult:
+                tol: jax.Array, max_steps: jax.Array,
+                preconditioner: Preconditioner = IDENTITY) -> SteihaugResult:
   """Solves the trust-region subproblem by CG-Steihaug (N&W Algorithm 7.2).
 
-  Starting from ``z_0 = 0``, ``r_0 = g``, ``d_0 = -g``, CG iterates
-  ``z_{j+1} = z_j + alpha_j d_j`` with ``alpha_j = r_j^T r_j / d_j^T B d_j``
-  until one of: ``d_j^T B d_j <= 0`` (go to the boundary along ``d_j``, at the
-  root of lower model value); ``||z_{j+1}|| >= radius`` (stop on the boundary);
-  ``||r_{j+1}|| <= tol``; ``max_steps`` iterations.
+  Starting from ``z_0 = 0``, ``r_0 = g``, ``y_0 = M^{-1} r_0``, ``d_0 = -y_0``,
+  CG iterates ``z_{j+1} = z_j + alpha_j d_j`` with ``alpha_j = r_j^T y_j /
+  d_j^T B d_j`` until one of: ``d_j^T B d_j <= 0`` (go to the boundary along
+  ``d_j``, at the root of lower model value); ``||z_{j+1}||_M >= radius``
+  (stop on the boundary); ``||r_{j+1}|| <= tol``; ``max_steps`` iterations.
+  Without a preconditioner ``M = I``: N&W's algorithm exactly. With one, the
+  region is ``||p||_M <= radius`` (Steihaug's own, preconditioned, form).
 
   The model value is carried by the exact recurrence
   ``m(z + tau d) - m(z) = tau r^T d + tau^2 d^T B d / 2`` with ``r = g + B z``,
@@ -115,12 +121,14 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
   Args:
     grad: the gradient ``g``, any pytree of float arrays.
     hvp: ``v -> B v`` on pytrees shaped like ``grad``.
-    radius: the trust-region radius ``Delta > 0``.
+    radius: the trust-region radius ``Delta > 0``, in the norm of ``M``.
     tol: absolute tolerance on the residual norm ``||g + B z||``.
     max_steps: the largest number of CG iterations (of HVPs).
+    preconditioner: a :class:`trncg_jax.preconditioner.Preconditioner`,
+      e.g. :func:`trncg_jax.preconditioner.nystrom`; the identity by default.
 
   Returns:
-    A :class:`SteihaugResult`.
+    A :class:`SteihaugResult`; its ``step_norm`` is ``||p||_M``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -133,24 +141,29 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
   References:
     Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithm 7.2
     (CG-Steihaug), p. 171; Theorem 7.3, p. 172.
+    Steihaug, "The conjugate gradient method and trust regions in large scale
+    optimization", SIAM J. Numer. Anal. 20(3), 1983, pp. 626-637.
   """
   dtype = jnp.result_type(*jax.tree_util.tree_leaves(grad))
   radius = jnp.asarray(radius, dtype)
   tol = jnp.asarray(tol, dtype)
+  y0 = preconditioner.solve(grad)
   rr0 = optax.tree.vdot(grad, grad).astype(dtype)
   zeros = optax.tree.zeros_like(grad)
   zero = jnp.zeros((), dtype)
   init = _Carry(
       steps=jnp.zeros((), jnp.int32), z=zeros, r=grad,
-      d=optax.tree.scale(-1.0, grad), rr=rr0, zz=zero, model=zero,
+      d=optax.tree.scale(-1.0, y0), rr=rr0,
+      ry=optax.tree.vdot(grad, y0).astype(dtype), zz=zero, model=zero,
       exit=jnp.asarray(CGExit.CONVERGED, jnp.int32),
       done=jnp.sqrt(rr0) <= tol)
 
   def body(c: _Carry) -> _Carry:
     bd = hvp(c.d)
+    md = preconditioner.matvec(c.d)
     curvature = optax.tree.vdot(c.d, bd)
-    dd = optax.tree.vdot(c.d, c.d)
-    zd = optax.tree.vdot(c.z, c.d)
+    dd = optax.tree.vdot(c.d, md)  # ||d||_M^2
+    zd = optax.tree.vdot(c.z, md)  # z^T M d
     rd = optax.tree.vdot(c.r, c.d)
     finite = jnp.isfinite(curvature)
     # A non-finite curvature is treated as zero: the model turns linear.
@@ -163,31 +176,35 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
     go_to_boundary = (curvature <= 0) | ~finite
     tau_boundary_min = jnp.where(model_at(tau_neg) < model_at(tau_pos),
                                  tau_neg, tau_pos)
-    alpha = c.rr / jnp.where(go_to_boundary, 1.0, curvature)
+    alpha = c.ry / jnp.where(go_to_boundary, 1.0, curvature)
     zz_interior = c.zz + 2 * alpha * zd + alpha**2 * dd
     hits = ~go_to_boundary & (zz_interior >= radius**2)
     tau = jnp.where(go_to_boundary, tau_boundary_min,
                     jnp.where(hits, tau_pos, alpha))
 
     r_next = optax.tree.add_scale(c.r, alpha, bd)
+    y_next = preconditioner.solve(r_next)
     rr_next = optax.tree.vdot(r_next, r_next)
+    ry_next = optax.tree.vdot(r_next, y_next)
     converged = ~go_to_boundary & ~hits & (jnp.sqrt(rr_next) <= tol)
-    beta = rr_next / jnp.where(c.rr > 0, c.rr, 1.0)
+    beta = ry_next / jnp.where(c.ry > 0, c.ry, 1.0)
     steps = c.steps + 1
     exit_code = jnp.select(
         [~finite, go_to_boundary, hits, converged],
         [CGExit.NON_FINITE, CGExit.NEGATIVE_CURVATURE, CGExit.HIT_BOUNDARY,
          CGExit.CONVERGED], CGExit.MAX_STEPS).astype(jnp.int32)
+    stopped = go_to_boundary | hits
     return _Carry(
         steps=steps,
         z=optax.tree.add_scale(c.z, tau, c.d),
         r=r_next,
-        d=optax.tree.add_scale(optax.tree.scale(-1.0, r_next), beta, c.d),
-        rr=jnp.where(go_to_boundary | hits, c.rr, rr_next),
+        d=optax.tree.add_scale(optax.tree.scale(-1.0, y_next), beta, c.d),
+        rr=jnp.where(stopped, c.rr, rr_next),
+        ry=jnp.where(stopped, c.ry, ry_next),
         zz=c.zz + 2 * tau * zd + tau**2 * dd,
         model=model_at(tau),
         exit=exit_code,
-        done=go_to_boundary | hits | converged | (steps >= max_steps))
+        done=stopped | converged | (steps >= max_steps))
 
   out = jax.lax.while_loop(lambda c: ~c.done, body, init)
   return SteihaugResult(
