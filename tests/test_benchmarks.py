@@ -112,8 +112,9 @@ def test_residual_form_losses_equal_the_papers_formulas():
 
 
 def test_work_counts():
-  hist = {"cg_steps": np.array([0, 3, 4, 5])}
-  assert paper.work_counts(hist, 3) == (4, 12)
+  # HVPs are the whole count, the Nystrom sketch's included, not CG steps.
+  hist = {"cg_steps": np.array([0, 3, 4, 5]), "hvps": np.array([0, 53, 4, 5])}
+  assert paper.work_counts(hist, 3) == (4, 62)
   assert paper.work_counts({"linesearch_steps": np.array([0, 2, 1])}, 2) == (4, 0)
   assert paper.work_counts({"loss": np.zeros(6)}, 5) == (6, 0)
 
