@@ -98,11 +98,13 @@ def test_damping_bounds_the_stretch():
       assert eig.min() < 1e-6
 
 
-def test_float32_is_kept_and_vanishing_matrix_gives_identity():
-  pre = nystrom(lambda v: 0.0 * v, jnp.zeros(5, jnp.float32), 3,
-                jax.random.key(0))
+@pytest.mark.parametrize("matvec", [lambda v: 0.0 * v,
+                                    lambda v: jnp.nan * v],
+                         ids=["vanishing", "nan"])
+def test_float32_is_kept_and_degenerate_sketch_gives_identity(matvec):
+  pre = nystrom(matvec, jnp.zeros(5, jnp.float32), 3, jax.random.key(0))
   v = jnp.arange(5, dtype=jnp.float32)
-  out = pre.solve(v)
-  assert out.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(out), np.asarray(v))
+  for out in (pre.solve(v), pre.matvec(v)):
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out), np.asarray(v), rtol=1e-6)
   assert IDENTITY.solve(v) is v

@@ -99,7 +99,8 @@ def nystrom_factors(matvec: Callable[[Any], Any], like: Any, rank: int,
   equality along the stiffest direction, so the radius keeps the units of the
   params (and its defaults), while the region stretches along flat directions
   by up to ``1 / sqrt(damping)``. ``lam_1`` also moves little from one
-  iteration to the next, unlike ``lam_s``; and ``A = 0`` gives ``M = I``.
+  iteration to the next, unlike ``lam_s``; and ``A = 0`` gives ``M = I``, as
+  does a sketch with a NaN or inf.
 
   The ``n x s`` factor ``U`` is a dense matrix that an SVD acts on, so it is
   kept on the raveled params (``jax.flatten_util.ravel_pytree``); the vectors
@@ -157,5 +158,10 @@ def nystrom_factors(matvec: Callable[[Any], Any], like: Any, rank: int,
   lam = jnp.maximum(sigma**2 - nu, 0.0)
   # Singular values come sorted: lam[0] is the largest, lam[-1] the smallest.
   mu = nu + damping * lam[0]
-  return NystromFactors(u, (lam + mu) / (lam[0] + mu),
-                        (lam[-1] + mu) / (lam[0] + mu))
+  factors = NystromFactors(u, (lam + mu) / (lam[0] + mu),
+                           (lam[-1] + mu) / (lam[0] + mu))
+  # A sketch with a NaN or inf (A's products, or a breakdown) gives M = I:
+  # CG then runs unpreconditioned rather than on garbage.
+  finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in factors]))
+  return jax.tree.map(lambda x, i: jnp.where(finite, x, i), factors,
+                      NystromFactors.identity(like, rank))

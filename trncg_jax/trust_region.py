@@ -108,10 +108,10 @@ class TRNCGHyperparams:
       costs ``s`` products, more than CG takes once preconditioned.
     nystrom_damping: ``1e-4``, the preconditioner's damping relative to the
       largest curvature; it bounds the stretch of the region along flat
-      directions by ``1 / sqrt(nystrom_damping) = 100``. Measured on the six
-      elementary fits (``benchmarks/perf.py``): ``0`` or ``1e-6`` let one
-      step of the stretched region ruin the fit and stall on ``(x - 1/2)^2``;
-      ``1e-2`` preconditions too little to help on ``sin(10x)``.
+      directions by ``1 / sqrt(nystrom_damping) = 100``. Chosen on the six
+      elementary fits with rank 50: undamped, one step of the stretched
+      region ruined the fit of ``(x - 1/2)^2`` for good; at ``1e-2`` the
+      preconditioner did too little to speed up ``sin(10x)``.
   """
 
   initial_radius: Any = 2.0
