@@ -322,8 +322,8 @@ def test_nystrom_preconditioning_cuts_cg_steps(dtype):
       hvps.append(int(state.info.hvps))
     assert w.dtype == dtype and state.value.dtype == dtype
     assert state.nystrom is None or state.nystrom.basis.dtype == dtype
-    np.testing.assert_allclose(np.asarray(w, float), w_star,
-                               atol=1e3 * tol * np.sqrt(200))
+    # Measured: 9e-7 / 3e-7 in float32, 3e-11 / 8e-12 in float64.
+    np.testing.assert_allclose(np.asarray(w, float), w_star, atol=10 * tol)
     # The sketch's products are counted when it is rebuilt (count 0, 10).
     sketch = [rank if k % 10 == 0 else 0 for k in range(12)]
     assert hvps == [c + s for c, s in zip(cg, sketch)]
