@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from trncg_jax.preconditioner import IDENTITY, nystrom
-from tests.reference import nystrom_numpy, random_symmetric
+from tests.reference import nystrom_numpy
+
+
+def dense(fn, n):
+  """The n x n matrix of the linear map ``fn``, column by column."""
+  return np.stack([np.asarray(fn(jnp.asarray(e))) for e in np.eye(n)], 1)
 
 
 def decaying_psd(rng, n, decay=0.7):
@@ -38,9 +43,7 @@ def test_solve_inverts_matvec_and_is_symmetric_positive():
   A = decaying_psd(rng, 25)
   pre = nystrom(lambda v: jnp.asarray(A) @ v, jnp.zeros(25), 8,
                 jax.random.key(0))
-  M = np.stack([np.asarray(pre.matvec(jnp.asarray(e))) for e in np.eye(25)], 1)
-  M_inverse = np.stack([np.asarray(pre.solve(jnp.asarray(e)))
-                        for e in np.eye(25)], 1)
+  M, M_inverse = dense(pre.matvec, 25), dense(pre.solve, 25)
   np.testing.assert_allclose(M @ M_inverse, np.eye(25), atol=1e-9)
   np.testing.assert_allclose(M, M.T, atol=1e-12)
   assert np.linalg.eigvalsh(M).min() > 0
@@ -53,7 +56,7 @@ def test_exact_for_low_rank_and_clusters_the_spectrum():
   A = B @ B.T  # rank 6, condition number of its range ~ 1e8
   pre = nystrom(lambda v: jnp.asarray(A) @ v, jnp.zeros(n), r,
                 jax.random.key(2))
-  M = np.stack([np.asarray(pre.matvec(jnp.asarray(e))) for e in np.eye(n)], 1)
+  M = dense(pre.matvec, n)
   eig_A = np.linalg.eigvalsh(A)
   # A rank-r sketch recovers a rank-r matrix: lam_1 M = A + lam_r (I - P).
   projector = B @ np.linalg.pinv(B)
@@ -90,7 +93,7 @@ def test_damping_bounds_the_stretch():
   for damping in (0.0, 1e-4, 1e-2):
     pre = nystrom(lambda v: jnp.asarray(A) @ v, jnp.zeros(40), 30,
                   jax.random.key(1), damping)
-    M = np.stack([np.asarray(pre.matvec(jnp.asarray(e))) for e in np.eye(40)])
+    M = dense(pre.matvec, 40)
     eig = np.linalg.eigvalsh(0.5 * (M + M.T))
     np.testing.assert_allclose(eig.max(), 1.0, rtol=1e-9)
     assert eig.min() >= damping / (1 + damping) * (1 - 1e-9)

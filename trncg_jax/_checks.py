@@ -1,7 +1,8 @@
-"""Trace-time checks shared by every optimizer in the package.
+"""Checks shared by every optimizer in the package.
 
-They run in Python while JAX traces, on shapes and dtypes only, so they never
-raise inside compiled code.
+The ``check_*`` functions run in Python while JAX traces, on shapes and dtypes
+only, so they never raise inside compiled code; :func:`all_finite` is their
+traced counterpart for values.
 """
 
 from __future__ import annotations
@@ -11,6 +12,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every entry of every leaf of ``tree`` is finite (a traced bool)."""
+  return jnp.all(jnp.asarray(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
 def check_float_params(params: Any, who: str) -> None:

@@ -13,6 +13,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+import optax
+
+from trncg_jax._checks import all_finite
 
 
 class Preconditioner(NamedTuple):
@@ -162,6 +165,5 @@ def nystrom_factors(matvec: Callable[[Any], Any], like: Any, rank: int,
                            (lam[-1] + mu) / (lam[0] + mu))
   # A sketch with a NaN or inf (A's products, or a breakdown) gives M = I:
   # CG then runs unpreconditioned rather than on garbage.
-  finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in factors]))
-  return jax.tree.map(lambda x, i: jnp.where(finite, x, i), factors,
-                      NystromFactors.identity(like, rank))
+  return optax.tree.where(all_finite(factors), factors,
+                          NystromFactors.identity(like, rank))

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import optax
 
 from trncg_jax import hvp as hvp_lib
-from trncg_jax._checks import check_float_params, check_number, check_scalar_loss
+from trncg_jax._checks import (all_finite, check_float_params, check_number,
+                               check_scalar_loss)
 from trncg_jax.least_squares import bind
 from trncg_jax.preconditioner import IDENTITY, NystromFactors, nystrom_factors
 from trncg_jax.steihaug import CGExit, cg_steihaug
@@ -327,11 +328,6 @@ def init_state(params: Any, hyperparams: TRNCGHyperparams,
                if hyperparams.nystrom_rank else None))
 
 
-def _is_finite_tree(tree) -> jax.Array:
-  return jnp.all(jnp.asarray(
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
-
-
 def evaluate(fun, params, dtype, has_aux: bool, aux_like: Any = None):
   """``(value, grad, aux)`` of ``fun`` at ``params``.
 
@@ -396,7 +392,7 @@ def trust_region_step(fun: Callable[[Any], Any], params: Any,
   value = jnp.asarray(value, dtype)
   radius = state.radius
   grad_norm = optax.tree.norm(grad)
-  current_finite = jnp.isfinite(value) & _is_finite_tree(grad)
+  current_finite = jnp.isfinite(value) & all_finite(grad)
   tol = jnp.where(hp.inexact_newton,
                   jnp.minimum(0.5, jnp.sqrt(grad_norm)) * grad_norm, hp.cg_tol)
 
@@ -419,7 +415,7 @@ def trust_region_step(fun: Callable[[Any], Any], params: Any,
   trial = optax.tree.add(params, cg.step)
   trial_value, trial_grad, trial_aux = evaluate(fun, trial, dtype, hp.has_aux,
                                                 state.info.aux)
-  trial_finite = jnp.isfinite(trial_value) & _is_finite_tree(trial_grad)
+  trial_finite = jnp.isfinite(trial_value) & all_finite(trial_grad)
 
   actual = value - trial_value
   predicted = cg.predicted_reduction
