@@ -232,17 +232,15 @@ def to_target(prob, optimizer, max_steps, max_seconds, chunk, desc, progress):
 #: The trust-region variants of part (e), each held to the issue's targets.
 #: ``trncg_gn_nystrom`` preconditions CG with a rank-50 Nystrom sketch.
 TR_VARIANTS = ("trncg", "trncg_gn", "trncg_gn_nystrom")
-#: ``trncg_gn_nystrom``'s settings, in parts (e) and (f).
-GN_NYSTROM = dict(hvp_mode=trncg_jax.hvp.GAUSS_NEWTON, nystrom_rank=50)
 
 
 def part_e(n_train, max_steps, max_seconds, scipy_seconds, torch_iterations,
            progress):
   """Time to loss <= 1e-6 on the six elementary functions, side by side."""
   hyper = dict(initial_radius=2.0, max_radius=10.0, eta=1e-3)
+  gauss_newton = paper.make_optimizers()
   optimizers = {"trncg": trncg_jax.trncg(inexact_newton=True, **hyper),
-                "trncg_gn": paper.make_optimizers()["trncg_gn"],
-                "trncg_gn_nystrom": trncg_jax.trncg(**GN_NYSTROM),
+                **{n: gauss_newton[n] for n in TR_VARIANTS[1:]},
                 "adam": optax.adam(1e-3), "lbfgs": optax.lbfgs()}
   rows = []
   try:
@@ -297,7 +295,7 @@ def part_f(n_train, progress):
           **inexact, hvp_mode=trncg_jax.hvp.GAUSS_NEWTON),
       "Gauss-Newton, CG tol 1e-8": trncg_jax.trncg(
           hvp_mode=trncg_jax.hvp.GAUSS_NEWTON),
-      "Gauss-Newton, Nystrom rank 50": trncg_jax.trncg(**GN_NYSTROM),
+      "Gauss-Newton, Nystrom rank 50": paper.make_optimizers()["trncg_gn_nystrom"],
   }
   out = {}
   for name, opt in strategies.items():

@@ -12,8 +12,11 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks.problems import ELEMENTARY_LABELS  # pylint: disable=g-import-not-at-top
 
-COLORS = {"trncg": "C3", "trncg_paper": "C1", "trncg_gn": "C5", "adam": "C0",
-          "lbfgs": "C2", "nonlinear_cg": "C4"}
+COLORS = {"trncg": "C3", "trncg_paper": "C1", "trncg_gn": "C5",
+          "trncg_gn_nystrom": "C6", "adam": "C0", "lbfgs": "C2",
+          "nonlinear_cg": "C4"}
+#: The PINN solutions drawn beside the reference: ours, and Adam's.
+SOLUTION_PANELS = ("trncg", "trncg_gn", "trncg_gn_nystrom", "adam")
 
 
 def _grid(n):
@@ -112,7 +115,7 @@ def bars(results, problems, path):
 def pinn_solution(solutions, path, title):
   xy = solutions["xy"]
   panels = [("reference", "reference")] + [
-      (n, n) for n in ("trncg", "trncg_gn", "adam") if n in solutions]
+      (n, n) for n in SOLUTION_PANELS if n in solutions]
   fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.6))
   ref = solutions["reference"]
   for ax, (key, label) in zip(axes, panels):
@@ -122,11 +125,10 @@ def pinn_solution(solutions, path, title):
     ax.set_aspect("equal")
   fig.colorbar(sc, ax=axes[len(panels) - 1])
   ax = axes[-1]
-  for key in ("trncg", "trncg_gn", "adam"):
-    if key in solutions:
-      err = np.abs(solutions[key] - ref)
-      ax.hist(err, bins=60, histtype="step", color=COLORS[key], label=key,
-              log=True)
+  for key, _ in panels[1:]:
+    err = np.abs(solutions[key] - ref)
+    ax.hist(err, bins=60, histtype="step", color=COLORS[key], label=key,
+            log=True)
   ax.set_title("|u - u_ref| at t = 1")
   ax.legend(fontsize=7)
   fig.suptitle(title)

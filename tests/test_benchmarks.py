@@ -111,6 +111,17 @@ def test_residual_form_losses_equal_the_papers_formulas():
       lam * (f_bc + f_ic) + (1 - lam) * f_pde, rtol=1e-12)
 
 
+def test_every_optimizer_has_its_caps_chunk_and_colour():
+  # A KeyError at the full size would only show after hours of other runs.
+  from benchmarks import plots  # pylint: disable=g-import-not-at-top
+  names = set(paper.make_optimizers())
+  for size in (paper.TINY, paper.SMALL, paper.FULL):
+    assert set(size.max_steps) == names
+  assert set(paper.CHUNK_STEPS) == names
+  assert names <= set(plots.COLORS)
+  assert set(plots.SOLUTION_PANELS) <= names
+
+
 def test_work_counts():
   # HVPs are the whole count, the Nystrom sketch's included, not CG steps.
   hist = {"cg_steps": np.array([0, 3, 4, 5]), "hvps": np.array([0, 53, 4, 5])}
