@@ -295,7 +295,8 @@ def part_f(n_train, progress):
           **inexact, hvp_mode=trncg_jax.hvp.GAUSS_NEWTON),
       "Gauss-Newton, CG tol 1e-8": trncg_jax.trncg(
           hvp_mode=trncg_jax.hvp.GAUSS_NEWTON),
-      "Gauss-Newton, Nystrom rank 50": paper.make_optimizers()["trncg_gn_nystrom"],
+      "Gauss-Newton, Nystrom rank 50":
+          paper.make_optimizers()["trncg_gn_nystrom"],
   }
   out = {}
   for name, opt in strategies.items():
