@@ -22,7 +22,7 @@ from trncg_jax._checks import check_float_params, check_number, check_scalar_los
 from trncg_jax.least_squares import bind
 from trncg_jax.nonlinear_cg import NonlinearCGInfo
 from trncg_jax.transform import trncg
-from trncg_jax.trust_region import TRNCGInfo, evaluate, loss_only
+from trncg_jax.trust_region import StepResult, TRNCGInfo, evaluate, loss_only
 
 
 class SolveStatus(enum.IntEnum):
@@ -39,6 +39,10 @@ class SolveStatus(enum.IntEnum):
   STAGNATION = 3
   #: The loss or gradient at the current params is NaN or inf.
   NON_FINITE = 4
+  #: trncg found the gradient below its CG tolerance (``StepResult.
+  #: STATIONARY``): every further step would be empty. Lower ``cg_tol`` (or
+  #: use ``inexact_newton``) to go further.
+  STATIONARY = 5
 
 
 class SolveResult(NamedTuple):
@@ -155,12 +159,17 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
 
     def status_of(value, gnorm, state):
       tr_state = optax.tree.get(state, "TRNCGState")  # matched by class name
-      stagnant = False if tr_state is None else tr_state.radius < min_radius
+      stagnant = stationary = False
+      if tr_state is not None:
+        stagnant = tr_state.radius < min_radius
+        # Without this, a run at a stationary point idles to max_steps.
+        stationary = tr_state.info.result == StepResult.STATIONARY
       return jnp.select(
           [~jnp.isfinite(value) | ~jnp.isfinite(gnorm), value <= loss_tol,
-           gnorm <= grad_tol, stagnant],
+           gnorm <= grad_tol, stagnant, stationary],
           [SolveStatus.NON_FINITE, SolveStatus.LOSS_TOL, SolveStatus.GRAD_TOL,
-           SolveStatus.STAGNATION], SolveStatus.MAX_STEPS).astype(jnp.int32)
+           SolveStatus.STAGNATION, SolveStatus.STATIONARY],
+          SolveStatus.MAX_STEPS).astype(jnp.int32)
 
     def record(history, k, value, gnorm, aux, state):
       history = dict(history, loss=history["loss"].at[k].set(value),
