@@ -122,6 +122,22 @@ def test_every_optimizer_has_its_caps_chunk_and_colour():
   assert set(plots.SOLUTION_PANELS) <= names
 
 
+def test_pinn_verdicts():
+  def row(name, l2, problem="heat_smooth"):
+    return dict(problem=problem, optimizer=name, relative_l2=l2,
+                budget_seconds=10.0)
+  assert paper.verdicts([row("trncg_gn_nystrom", 9e-5)]) == [
+      "- heat_smooth: trncg_gn_nystrom rel. L2 9.00e-05 (Adam not run) at "
+      "10.0 s each; target <= 0.0001: met"]
+  assert "MISSED" in paper.verdicts([row("trncg_gn", 2e-4)])[0]
+  # Below the bound but not below Adam: missed.
+  lines = paper.verdicts([row("trncg", 1e-2, "heat"), row("adam", 5e-3, "heat")])
+  assert lines == ["- heat: trncg rel. L2 1.00e-02 vs Adam 5.00e-03 at 10.0 s "
+                   "each; target <= 0.02: MISSED"]
+  assert "met" in paper.verdicts([row("trncg", 1e-2, "heat"),
+                                  row("adam", 2e-2, "heat")])[0]
+
+
 def test_work_counts():
   # HVPs are the whole count, the Nystrom sketch's included, not CG steps.
   hist = {"cg_steps": np.array([0, 3, 4, 5]), "hvps": np.array([0, 53, 4, 5])}
