@@ -62,9 +62,7 @@ SMALL = Size(n_train=1_000, n_test=1_000,
              pinn_points=1_000, pinn_test=10_000, pinn_steps=50,
              smooth_steps=50, fd_n=101, fd_dt=5e-3)
 FULL = Size(n_train=10_000, n_test=10_000,
-            max_steps=dict.fromkeys(
-                ["trncg_paper", "trncg", "trncg_gn", "trncg_gn_nystrom", "adam",
-                 "lbfgs", "nonlinear_cg"], 25_001),
+            max_steps=dict.fromkeys(SMALL.max_steps, 25_001),
             pinn_points=10_000, pinn_test=100_000, pinn_steps=3_000,
             smooth_steps=3_000, fd_n=401, fd_dt=1e-3)
 #: A few iterations of every path, for tests and the notebooks in CI.
