@@ -239,7 +239,8 @@ def part_e(n_train, max_steps, max_seconds, scipy_seconds, torch_iterations,
   """Time to loss <= 1e-6 on the six elementary functions, side by side."""
   hyper = dict(initial_radius=2.0, max_radius=10.0, eta=1e-3)
   gauss_newton = paper.make_optimizers()
-  optimizers = {"trncg": trncg_jax.trncg(inexact_newton=True, **hyper),
+  optimizers = {"trncg": trncg_jax.trncg(inexact_newton=True,
+                                         forcing_power=0.5, **hyper),
                 **{n: gauss_newton[n] for n in TR_VARIANTS[1:]},
                 "adam": optax.adam(1e-3), "lbfgs": optax.lbfgs()}
   rows = []
@@ -260,7 +261,8 @@ def part_e(n_train, max_steps, max_seconds, scipy_seconds, torch_iterations,
       # Per-iteration comparison on the same work: the paper's method and
       # hyperparameters in both, from the same initial weights.
       ours = trncg_jax.solve(prob.loss, prob.params, *prob.train,
-                             optimizer=trncg_jax.trncg(),
+                             optimizer=trncg_jax.trncg(
+                                 **trncg_jax.PAPER_HYPERPARAMS),
                              max_steps=torch_iterations)
       theirs = torch_trncg.run(prob.params, *prob.train, torch_iterations)
       ours_hvps = int(ours.history["cg_steps"].sum())
@@ -280,21 +282,23 @@ def part_e(n_train, max_steps, max_seconds, scipy_seconds, torch_iterations,
 def part_f(n_train, progress):
   """sin(10x): HVPs to the target for each CG strategy."""
   prob = P.elementary_problem("sin10", n_train, n_train)
-  inexact = dict(inexact_newton=True)
+  # Every strategy starts from the paper's hyperparameters and changes one.
+  paper_hp = trncg_jax.PAPER_HYPERPARAMS
+  inexact = dict(paper_hp, inexact_newton=True, forcing_power=0.5)
   strategies = {
-      "paper (CG tol 1e-8)": trncg_jax.trncg(),
+      "paper (CG tol 1e-8)": trncg_jax.trncg(**paper_hp),
       "inexact Newton": trncg_jax.trncg(**inexact),
       "inexact Newton, linearize": trncg_jax.trncg(**inexact,
                                                    hvp_mode="linearize"),
-      "inexact Newton, max_radius 100": trncg_jax.trncg(**inexact,
-                                                        max_radius=100.0),
+      "inexact Newton, max_radius 100": trncg_jax.trncg(
+          **dict(inexact, max_radius=100.0)),
       "inexact Newton, initial_radius 0.1": trncg_jax.trncg(
-          **inexact, initial_radius=0.1),
-      "inexact Newton, eta 0.1": trncg_jax.trncg(**inexact, eta=0.1),
+          **dict(inexact, initial_radius=0.1)),
+      "inexact Newton, eta 0.1": trncg_jax.trncg(**dict(inexact, eta=0.1)),
       "Gauss-Newton, inexact": trncg_jax.trncg(
           **inexact, hvp_mode=trncg_jax.hvp.GAUSS_NEWTON),
       "Gauss-Newton, CG tol 1e-8": trncg_jax.trncg(
-          hvp_mode=trncg_jax.hvp.GAUSS_NEWTON),
+          **paper_hp, hvp_mode=trncg_jax.hvp.GAUSS_NEWTON),
       "Gauss-Newton, Nystrom rank 50":
           paper.make_optimizers()["trncg_gn_nystrom"],
   }

@@ -69,7 +69,7 @@ def test_linear_least_squares_solved_in_one_step():
   loss = trncg_jax.LeastSquares(lambda x, a, b: a @ x - b)
   state = trncg_jax.trncg_init(jnp.zeros(5), hvp_mode="gauss_newton",
                                initial_radius=100.0, max_radius=100.0,
-                               cg_tol=1e-12)
+                               cg_tol=1e-12, inexact_newton=False)
   x, state = trncg_jax.trncg_update(jnp.zeros(5), state, loss, a, b)
   assert int(state.info.cg_exit) == trncg_jax.CGExit.CONVERGED
   assert int(state.info.cg_steps) <= 5  # CG is exact in n steps

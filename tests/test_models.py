@@ -50,7 +50,9 @@ def test_flax_linen_batchnorm_statistics_advance_only_on_accepted_steps():
     return 0.9 * previous["bn"]["mean"] + 0.1 * batch_mean
 
   accepted = 0
-  for k in range(40):
+  # 60 iterations: the default inexact CG makes cheaper iterations than the
+  # paper's exact one (its loss after 40 was 1.9e-4, the paper's below 1e-4).
+  for k in range(60):
     previous = stats
     params, state = update(params, state, loss, stats, X, Y)
     stats = state.info.aux  # the running averages of the params returned

@@ -34,13 +34,15 @@ def test_outer_iteration_reference_uses_its_own_cg_steps():
 
 def test_scipy_baseline_makes_trncgs_iterations():
   """SciPy's trust-ncg with the same hyperparameters takes the same path as
-  trncg(inexact_newton=True): the same iterations to the loss target."""
+  trncg(inexact_newton=True, forcing_power=0.5): the same iterations to the
+  loss target."""
   prob = P.elementary_problem("exponential", 128, 128, dtype=jnp.float64)
   hyper = dict(initial_radius=2.0, max_radius=10.0, eta=1e-3)
   scipy_run = perf.scipy_trust_ncg(prob, 500, 60.0, **hyper)
   ours = trncg_jax.solve(prob.loss, prob.params, *prob.train, max_steps=500,
                          loss_tol=perf.LOSS_TARGET,
-                         optimizer=trncg_jax.trncg(inexact_newton=True, **hyper))
+                         optimizer=trncg_jax.trncg(inexact_newton=True,
+                                                   forcing_power=0.5, **hyper))
   assert scipy_run["reached_target"]
   assert ours.status == trncg_jax.SolveStatus.LOSS_TOL
   assert abs(scipy_run["iterations"] - ours.num_steps) <= max(
@@ -56,7 +58,9 @@ def test_pytorch_reimplementation_follows_the_same_iterates():
   pytest.importorskip("torch")
   from benchmarks import torch_trncg
   prob = P.elementary_problem("sin5", 256, 256)
-  ours = trncg_jax.solve(prob.loss, prob.params, *prob.train, max_steps=8)
+  ours = trncg_jax.solve(
+      prob.loss, prob.params, *prob.train, max_steps=8,
+      optimizer=trncg_jax.trncg(**trncg_jax.PAPER_HYPERPARAMS))
   theirs = torch_trncg.run(prob.params, *prob.train, iterations=8)
   np.testing.assert_allclose(theirs["losses"], ours.history["loss"], rtol=1e-3)
   assert abs(theirs["hvps"] - int(ours.history["cg_steps"].sum())) <= 8

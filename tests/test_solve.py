@@ -74,7 +74,8 @@ def test_stops_at_a_point_stationary_to_the_cg_tolerance():
   # then makes no step, and the run must stop rather than idle to max_steps.
   scales = jnp.array([1.0, 3.0, 10.0])
   quadratic = lambda x: 0.5 * jnp.sum(scales * (x - 1.0) ** 2)
-  optimizer = trncg_jax.trncg(cg_tol=1e-3, initial_radius=10.0)
+  optimizer = trncg_jax.trncg(cg_tol=1e-3, inexact_newton=False,
+                              initial_radius=10.0)
   res = trncg_jax.solve(quadratic, jnp.zeros(3), optimizer=optimizer,
                         max_steps=100)
   assert res.status == SolveStatus.STATIONARY and res.num_steps == 2

@@ -177,3 +177,47 @@ def test_boundary_roots_are_stable_when_b_dominates():
   np.testing.assert_allclose(float(tau_neg), -2 * zd / dd, rtol=1e-12)
   # Vieta: the product of the roots is c / a.
   np.testing.assert_allclose(float(tau_neg) * float(tau_pos), c / dd, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_float32_scaled_subproblem_matches_the_unscaled_reference(scale):
+  """g and B scaled by 1e30 (or 1e-30) in float32: ||g||^2 and d^T B d would
+  overflow (underflow); the step is that of the unscaled problem, and the
+  predicted reduction scales with them."""
+  rng = np.random.default_rng(7)
+  n = 8
+  B = random_symmetric(rng, n, "spd", cond=20.0)
+  g = rng.standard_normal(n)
+  p_ref, exit_ref, _ = steihaug_numpy(g, B, 100.0, 1e-5 * np.linalg.norm(g),
+                                      3 * n)
+  s = np.float32(scale)
+  B_s = jnp.asarray(B, jnp.float32) * s
+  res = jax.jit(lambda g: cg_steihaug(g, lambda v: B_s @ v, 100.0, 0.0,
+                                      3 * n, rtol=1e-5))(
+                                          jnp.asarray(g, jnp.float32) * s)
+  assert CGExit(int(res.exit)).name == exit_ref == "CONVERGED"
+  np.testing.assert_allclose(np.asarray(res.step), p_ref, rtol=1e-4,
+                             atol=1e-5)
+  explicit = -(g @ p_ref + 0.5 * p_ref @ B @ p_ref) * scale
+  np.testing.assert_allclose(float(res.predicted_reduction), explicit,
+                             rtol=1e-4)
+
+
+def test_relative_tolerance_is_relative_to_the_gradient():
+  """``||r|| <= rtol ||g||``: the same CG steps at any scale of g and B,
+  against the reference with the absolute tolerance ``rtol ||g||``."""
+  rng = np.random.default_rng(3)
+  n = 30
+  B = random_symmetric(rng, n, "spd", cond=1e3)
+  g = rng.standard_normal(n)
+  rtol = 1e-3
+  _, _, steps_ref = steihaug_numpy(g, B, 1e6, rtol * np.linalg.norm(g), 3 * n)
+  for scale in (1e-6, 1.0, 1e6):
+    res = jit_rtol(jnp.asarray(g) * scale, jnp.asarray(B) * scale, rtol)
+    assert int(res.steps) == steps_ref, scale
+    assert float(res.residual_norm) <= rtol * scale * np.linalg.norm(g)
+
+
+jit_rtol = jax.jit(lambda g, B, rtol: cg_steihaug(
+    g, lambda v: B @ v, 1e6, 0.0, 90, rtol=rtol))
+

@@ -104,7 +104,9 @@ def test_flax_nnx_mlp_fits_a_1d_function(dtype):
     return jnp.mean((nnx.merge(graphdef, params)(x) - y) ** 2)
 
   initial = float(loss(params, x, y))
-  params, state = run_optax(trncg_jax.trncg(), loss, params, 60, x=x, y=y)
+  # 100 iterations: the default inexact CG takes fewer HVPs per iteration than
+  # the paper's (it reached 1.5e-6 at 60, the paper's settings 8e-7).
+  params, state = run_optax(trncg_jax.trncg(), loss, params, 100, x=x, y=y)
   final = float(loss(params, x, y))
   assert final < 1e-5 < initial
   assert isinstance(params, nnx.State)

@@ -33,7 +33,7 @@ TEST_FUNCTIONS = {
 }
 
 SCIPY_SETTINGS = dict(initial_radius=1.0, max_radius=1000.0, eta=0.15,
-                      inexact_newton=True)
+                      inexact_newton=True, forcing_power=0.5)
 
 jit_update = jax.jit(trncg_jax.trncg_update, static_argnums=2)
 
@@ -70,12 +70,10 @@ def test_standard_functions_reach_known_minima_like_scipy(name, capsys):
   assert abs(iterations - ref.nit) <= 0.2 * ref.nit, (iterations, ref.nit)
 
 
-def test_paper_defaults_solve_rosenbrock():
-  x, state, _ = run_until(rosenbrock, jnp.array([-1.2, 1.0]), 1e-8)
+def test_paper_preset_solves_rosenbrock():
+  x, _, _ = run_until(rosenbrock, jnp.array([-1.2, 1.0]), 1e-8,
+                      **trncg_jax.PAPER_HYPERPARAMS)
   np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-7)
-  hp = state.hyperparams
-  assert (float(hp.initial_radius), float(hp.max_radius), float(hp.eta),
-          float(hp.cg_tol), int(hp.max_cg_steps)) == (2.0, 10.0, 1e-3, 1e-8, 500)
 
 
 def test_spd_quadratic_one_newton_step():
@@ -84,7 +82,9 @@ def test_spd_quadratic_one_newton_step():
   A = jnp.asarray((q * np.linspace(1.0, 5.0, 6)) @ q.T)
   b = jnp.asarray(rng.standard_normal(6))
   loss = lambda x: 0.5 * x @ A @ x - b @ x
-  x, state = jit_update(jnp.zeros(6), trncg_jax.trncg_init(jnp.zeros(6)), loss)
+  state = trncg_jax.trncg_init(jnp.zeros(6), inexact_newton=False,
+                               cg_tol=1e-12, initial_radius=10.0)
+  x, state = jit_update(jnp.zeros(6), state, loss)
   np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-9)
   assert bool(state.info.accepted)
   np.testing.assert_allclose(float(state.info.rho), 1.0, rtol=1e-9)
@@ -127,7 +127,7 @@ def test_non_finite_current_point_leaves_params():
   x, state = jit_update(x0, trncg_jax.trncg_init(x0), rosenbrock)
   np.testing.assert_array_equal(x, x0)
   assert StepResult(int(state.info.result)) == StepResult.NON_FINITE_CURRENT
-  assert float(state.radius) == 2.0
+  assert float(state.radius) == float(state.hyperparams.initial_radius)
   assert "params are left unchanged" in StepResult.NON_FINITE_CURRENT.message
 
 
@@ -136,12 +136,13 @@ def test_stationary_point_is_reported_and_radius_kept():
   x, state = jit_update(x0, trncg_jax.trncg_init(x0), rosenbrock)
   assert StepResult(int(state.info.result)) == StepResult.STATIONARY
   np.testing.assert_array_equal(x, x0)
-  assert float(state.radius) == 2.0 and int(state.info.cg_steps) == 0
+  assert float(state.radius) == float(state.hyperparams.initial_radius)
+  assert int(state.info.cg_steps) == 0
 
 
 @pytest.mark.parametrize("name,value,allowed", [
     ("initial_radius", 0.0, "(0.0, inf)"),
-    ("initial_radius", 20.0, "(0.0, 10.0]"),
+    ("initial_radius", 2e10, "(0.0, 10000000000.0]"),
     ("max_radius", -1.0, "(0.0, inf)"),
     ("eta", 0.3, "[0.0, 0.25)"),
     ("eta", -0.1, "[0.0, 0.25)"),
@@ -314,7 +315,8 @@ def test_nystrom_preconditioning_cuts_cg_steps(dtype):
   for rank in (0, 50):
     w = jnp.zeros(200, dtype)
     state = trncg_jax.trncg_init(w, hvp_mode="gauss_newton", nystrom_rank=rank,
-                                 cg_tol=tol, max_cg_steps=1000)
+                                 cg_tol=tol, inexact_newton=False,
+                                 max_cg_steps=1000)
     cg, hvps = [], []
     for _ in range(12):
       w, state = step(w, state)
@@ -432,7 +434,8 @@ def test_subsampled_hessian_uses_the_hvp_batch():
   a = jax.random.normal(jax.random.PRNGKey(1), (40, 5))
   b = jnp.arange(1.0, 6.0) / 10
   x0 = jnp.zeros(5)
-  state = trncg_jax.trncg_init(x0, initial_radius=1e3, max_radius=1e4)
+  state = trncg_jax.trncg_init(x0, initial_radius=1e3, max_radius=1e4,
+                               inexact_newton=False, cg_tol=1e-12)
   x1, state = trncg_jax.trncg_update(x0, state, loss, a, b, hvp_args=(a[:10], b))
   h_sub = np.asarray(a[:10]).T @ np.asarray(a[:10]) / 10
   step = np.linalg.solve(h_sub, np.asarray(b))
@@ -447,3 +450,56 @@ def test_subsampled_hessian_uses_the_hvp_batch():
   accepted = actual / (0.5 * np.asarray(b) @ step) > 1e-3
   assert bool(state.info.accepted) == accepted
   np.testing.assert_allclose(x1, x0 + step if accepted else x0, rtol=1e-8)
+
+
+def offset_quartic(x):
+  """A large constant plus a convex quartic: near its minimizer x = 1 every
+  reduction of the loss is below the round-off of f ~ 1e8 (ulp 1.5e-8)."""
+  return 1e8 + 0.5 * jnp.sum((x - 1.0) ** 2) + 0.25 * jnp.sum((x - 1.0) ** 4)
+
+
+def test_round_off_reductions_count_as_agreement():
+  """f(x) and f(x + p) round to the same float, while the model predicts
+  1.5e-12: plain rho would be 0 and reject the exact Newton step."""
+  x = jnp.full(3, 1.0 + 1e-6)
+  state = trncg_jax.trncg_init(x)
+  x_new, state = jit_update(x, state, offset_quartic)
+  assert float(state.info.actual_reduction) == 0.0  # lost in round-off
+  assert 0 < float(state.info.predicted_reduction) < 1e-11
+  assert bool(state.info.accepted) and float(state.info.rho) > 0.99
+  np.testing.assert_allclose(x_new, 1.0, atol=1e-15)
+
+
+def test_converges_below_the_loss_resolution_and_stops():
+  """Without the safeguard the radius collapsed to 0 and solve idled until
+  max_steps (CUTEst LUKSAN15LS and others); now Newton converges on the
+  gradient and the run stops within a few steps with a status that says why."""
+  res = trncg_jax.solve(offset_quartic, jnp.zeros(3), max_steps=1000)
+  assert res.status in (trncg_jax.SolveStatus.GRAD_TOL,
+                        trncg_jax.SolveStatus.PRECISION_LIMIT), res.status
+  assert res.num_steps <= 20, res.num_steps
+  np.testing.assert_allclose(res.params, 1.0, atol=1e-12)
+
+
+def test_precision_limit_when_neither_f_nor_g_can_improve():
+  """A gradient with noise above its true value near the minimizer: once the
+  model's gain is below eps |f| and the gradient stops shrinking, the run
+  stops with PRECISION_LIMIT in a bounded number of steps."""
+  def noisy(x):
+    # A ripple of size 1e-9 in the gradient, far below f's resolution.
+    return offset_quartic(x) + 1e-18 * jnp.sum(jnp.sin(1e9 * x))
+
+  res = trncg_jax.solve(noisy, jnp.zeros(3), max_steps=1000)
+  assert res.status == trncg_jax.SolveStatus.PRECISION_LIMIT, res.status
+  assert res.num_steps <= 30, res.num_steps
+  np.testing.assert_allclose(res.params, 1.0, atol=1e-7)
+
+
+def test_paper_preset_holds_the_papers_hyperparameters():
+  state = trncg_jax.trncg_init(jnp.zeros(2), **trncg_jax.PAPER_HYPERPARAMS)
+  hp = state.hyperparams
+  assert (float(hp.initial_radius), float(hp.max_radius), float(hp.eta),
+          float(hp.cg_tol), bool(hp.inexact_newton), int(hp.max_cg_steps)) == (
+              2.0, 10.0, 1e-3, 1e-8, False, 500)
+  default = trncg_jax.trncg_init(jnp.zeros(2)).hyperparams
+  assert float(default.max_radius) == 1e10 and bool(default.inexact_newton)

@@ -16,6 +16,7 @@ from trncg_jax.solve import SolveResult, SolveStatus, solve
 from trncg_jax.steihaug import CGExit, SteihaugResult, cg_steihaug
 from trncg_jax.transform import trncg
 from trncg_jax.trust_region import (
+    PAPER_HYPERPARAMS,
     StepResult,
     TRNCGHyperparams,
     TRNCGInfo,
@@ -38,6 +39,7 @@ __all__ = [
     "HVP_MODES",
     "LeastSquares",
     "NystromFactors",
+    "PAPER_HYPERPARAMS",
     "Preconditioner",
     "SolveResult",
     "SolveStatus",

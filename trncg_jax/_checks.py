@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -20,11 +21,53 @@ def all_finite(tree: Any) -> jax.Array:
       [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
+def tree_max_abs(tree: Any) -> jax.Array:
+  """``max_i |x_i|`` over every entry of every leaf (0 for an empty tree)."""
+  return jnp.max(jnp.asarray(
+      [jnp.max(jnp.abs(x), initial=0) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def norm_exponent(tree: Any) -> jax.Array:
+  """An int32 ``e`` with ``2^e`` within a factor of 2 of ``tree``'s largest
+  entry (``max |x_i| = m 2^e``, ``m`` in [0.5, 1)); 0 when that entry is 0 or
+  not finite. Scaling by ``2^-e`` with ``jnp.ldexp`` is exact, and unlike a
+  division it never forms a reciprocal that flushes to zero."""
+  scale = tree_max_abs(tree)
+  exponent = jnp.frexp(scale)[1]
+  return jnp.where(jnp.isfinite(scale) & (scale > 0), exponent, 0)
+
+
+def scale_tree(tree: Any, exponent: jax.Array) -> Any:
+  """Every entry of ``tree`` times ``2^exponent``, exactly."""
+  return jax.tree.map(lambda x: jnp.ldexp(x, exponent), tree)
+
+
+def safe_norm(tree: Any) -> jax.Array:
+  """The Euclidean norm of ``tree``, computed as ``2^e ||2^-e tree||`` with
+  ``2^e`` about its largest entry, so that it neither overflows nor
+  underflows when the entries are representable (``||g||^2`` overflows
+  float32 from entries of about 1e19, and underflows below about 1e-19).
+
+  NaN or inf entries give a non-finite norm, as the plain norm does.
+  """
+  exponent = norm_exponent(tree)
+  total = sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(
+      scale_tree(tree, -exponent)))
+  return jnp.ldexp(jnp.sqrt(total), exponent)
+
+
+def tree_equal(a: Any, b: Any) -> jax.Array:
+  """Whether two pytrees of one structure hold the same values (traced bool)."""
+  return jnp.all(jnp.asarray([jnp.all(x == y) for x, y in zip(
+      jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]))
+
+
 def check_float_params(params: Any, who: str) -> None:
   """Raises ``TypeError`` unless every leaf of ``params`` is a real float."""
   leaves = jax.tree_util.tree_leaves_with_path(params)
   if not leaves:
     raise TypeError(f"{who}: params has no array leaves; nothing to optimize.")
+  dtypes = {}
   for path, leaf in leaves:
     dtype = jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -35,6 +78,17 @@ def check_float_params(params: Any, who: str) -> None:
           "float64) can be optimized. Cast it, e.g. jnp.asarray(x, jnp.float32),"
           " or keep integer data out of params (pass it through *args)."
       )
+    if not getattr(leaf, "weak_type", isinstance(leaf, float)):
+      dtypes.setdefault(str(dtype), []).append(
+          jax.tree_util.keystr(path) or "<root>")
+  if len(dtypes) > 1:
+    listing = "; ".join(f"{d}: {', '.join(names[:4])}"
+                        + (" ..." if len(names) > 4 else "")
+                        for d, names in dtypes.items())
+    raise TypeError(
+        f"{who}: params mix floating-point dtypes ({listing}). The optimizer "
+        "keeps one dtype for its state and products; cast every leaf to one, "
+        "e.g. jax.tree.map(lambda x: x.astype(jnp.float64), params).")
 
 
 def check_scalar_loss(fun: Callable[[Any], Any], params: Any, who: str,
@@ -47,6 +101,11 @@ def check_scalar_loss(fun: Callable[[Any], Any], params: Any, who: str,
       raise TypeError(
           f"{who}: has_aux=True, so the loss must return a pair (loss, aux); "
           f"got {type(out).__name__}.")
+    if not jax.tree_util.tree_leaves(out[1]):
+      raise TypeError(
+          f"{who}: has_aux=True, but the loss's aux ({out[1]!r}) holds no "
+          "arrays. Return an array or a pytree of arrays as aux, or pass "
+          "has_aux=False and return the loss alone.")
     out = out[0]
   elif isinstance(out, (tuple, list)):
     raise TypeError(
@@ -76,9 +135,14 @@ def check_number(name: str, value: Any, low: float, high: float,
   lo_b, hi_b = ("(" if low_open else "["), (")" if high_open else "]")
   allowed = f"{lo_b}{low}, {high}{hi_b}"
   kind = "an integer" if integer else "a real number"
+  # A string such as '0.2' converts with float() but is a misuse, not a number.
+  is_number = (isinstance(value, (numbers.Real, np.ndarray, jax.Array))
+               and not isinstance(value, bool) and np.ndim(value) == 0)
   try:
-    number = float(value)
+    number = float(value) if is_number else None
   except (TypeError, ValueError):
+    number = None
+  if number is None:
     raise ValueError(
         f"{name} must be {kind} in {allowed}, got {value!r}") from None
   if integer and (isinstance(value, bool) or not float(number).is_integer()
@@ -88,3 +152,27 @@ def check_number(name: str, value: Any, low: float, high: float,
   too_high = number >= high if high_open else number > high
   if number != number or too_low or too_high:
     raise ValueError(f"{name} must be {kind} in {allowed}, got {value!r}")
+
+
+def check_state(state: Any, state_type: type, params: Any, like: Any,
+                who: str) -> None:
+  """Raises ``TypeError`` unless ``state`` is a ``state_type`` made for params
+  of the structure, shapes and dtypes of ``params`` (``like`` is the state's
+  params-shaped field)."""
+  if not isinstance(state, state_type):
+    raise TypeError(
+        f"{who}: state is a {type(state).__name__}, not a "
+        f"{state_type.__name__}; pass the state made by this optimizer's init "
+        "(each optimizer has its own state).")
+
+  def describe(tree):
+    return jax.tree.map(lambda x: f"{jnp.result_type(x)}{list(jnp.shape(x))}",
+                        tree)
+
+  same = (jax.tree.structure(like) == jax.tree.structure(params) and all(
+      jnp.shape(a) == jnp.shape(b) and jnp.result_type(a) == jnp.result_type(b)
+      for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(params))))
+  if not same:
+    raise TypeError(
+        f"{who}: the state was made for params {describe(like)}, but params "
+        f"are {describe(params)}. Call init with the params you update.")

@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from trncg_jax._checks import check_float_params, check_number, check_scalar_loss
+from trncg_jax._checks import (all_finite, check_float_params, check_number,
+                               check_scalar_loss, check_state, tree_max_abs)
 from trncg_jax.least_squares import bind
-from trncg_jax.trust_region import evaluate
+from trncg_jax.trust_region import distinct_buffers, evaluate
 
 BETA_RULES = ("hestenes-stiefel", "fletcher-reeves", "polak-ribiere",
               "polak-ribiere-plus", "dai-yuan")
@@ -38,6 +39,13 @@ EXACT_QUADRATIC = "exact_quadratic"
 #: A line search may end this much (relatively) above its start before the
 #: step is rejected: float32 round-off, the zoom's own approx_dec_rtol.
 INCREASE_RTOL = 1e-6
+#: After a rejected step the next search starts this much shorter, so that a
+#: step into a NaN or -inf region is not retried as it was.
+REJECTED_SHRINK = 0.1
+#: Rejected steps in a row after which :func:`trncg_jax.solve` stops with
+#: ``STAGNATION``: the first guess has shrunk by ``REJECTED_SHRINK ** 20 =
+#: 1e-20``, below float64's resolution of the params.
+MAX_REJECTIONS = 20
 
 
 def _guarded_div(num, den):
@@ -108,18 +116,28 @@ class NonlinearCGConfig:
     check_number("powell_nu", self.powell_nu, 0.0, float("inf"),
                  low_open=True, high_open=True)
     ls = self.linesearch
-    if not (ls is None or ls == EXACT_QUADRATIC
-            or isinstance(ls, optax.GradientTransformation)
-            or isinstance(ls, optax.GradientTransformationExtraArgs)):
+    is_transform = isinstance(ls, optax.GradientTransformation)
+    # A line search keeps the new point's value and grad in its state (that is
+    # how this optimizer reads them); optax.adam(...) and the like do not.
+    if not (ls is None or (isinstance(ls, str) and ls == EXACT_QUADRATIC)
+            or (is_transform and _stores_value_and_grad(ls))):
       raise ValueError(
           "linesearch must be None, 'exact_quadratic' or an optax line search "
-          f"(e.g. optax.scale_by_zoom_linesearch(...)), got {ls!r}")
+          "that stores value and grad in its state (e.g. "
+          "optax.scale_by_zoom_linesearch(...) or optax."
+          f"scale_by_backtracking_linesearch(..., store_grad=True)), got {ls!r}")
     return self
 
   def resolved_linesearch(self):
     if self.linesearch is None:
       return _DEFAULT_LINESEARCH
     return self.linesearch
+
+
+def _stores_value_and_grad(linesearch) -> bool:
+  state = jax.eval_shape(linesearch.init, jnp.zeros(1))
+  return all(optax.tree.get(state, key, default=None) is not None
+             for key in ("value", "grad"))
 
 
 _DEFAULT_LINESEARCH = optax.scale_by_zoom_linesearch(
@@ -146,7 +164,7 @@ class NonlinearCGInfo(NamedTuple):
     linesearch_steps: line-search iterations (-1 if the search reports none).
     stepsize: ``alpha_k`` along the unscaled direction ``d_k``.
     accepted: false when the line search ended on a non-finite or higher
-      loss (or the gradient was zero) and params were kept.
+      loss, found no step, or the gradient was zero, and params were kept.
   """
 
   loss: jax.Array
@@ -168,6 +186,7 @@ class NonlinearCGState(NamedTuple):
     prev_slope: ``g_{k-1}^T d_{k-1}``, for the initial step guess.
     stepsize: ``alpha_{k-1}``.
     since_restart: steps since the last restart.
+    rejections: rejected steps in a row (0 after an accepted one).
     restart_every: the periodic restart interval (an array).
     linesearch_state: the line search's state; it holds ``value`` and
       ``grad`` at the current params.
@@ -181,6 +200,7 @@ class NonlinearCGState(NamedTuple):
   prev_slope: jax.Array
   stepsize: jax.Array
   since_restart: jax.Array
+  rejections: jax.Array
   restart_every: jax.Array
   linesearch_state: Any
   info: NonlinearCGInfo
@@ -196,19 +216,20 @@ def _init(params, config: NonlinearCGConfig) -> NonlinearCGState:
         jnp.ones((), dtype), jnp.asarray(jnp.inf, dtype),
         optax.tree.zeros_like(params))
   else:
-    ls_state = ls.init(params)
-  n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    ls_state = ls.init(jax.tree.map(jnp.asarray, params))  # Python floats
+  n = sum(jnp.size(x) for x in jax.tree_util.tree_leaves(params))
   zero, inf = jnp.zeros((), dtype), jnp.asarray(jnp.inf, dtype)
-  return NonlinearCGState(
+  return distinct_buffers(NonlinearCGState(
       count=jnp.zeros((), jnp.int32),
       direction=optax.tree.zeros_like(params),
       prev_grad=optax.tree.zeros_like(params), prev_slope=zero,
       stepsize=jnp.ones((), dtype), since_restart=jnp.zeros((), jnp.int32),
+      rejections=jnp.zeros((), jnp.int32),
       restart_every=jnp.asarray(config.restart_every or n, jnp.int32),
       linesearch_state=ls_state,
       info=NonlinearCGInfo(inf, inf, zero, jnp.asarray(True),
                            jnp.zeros((), jnp.int32), zero, jnp.asarray(True)),
-      config=config)
+      config=config))
 
 
 def _exact_quadratic_step(fun, params, direction, grad):
@@ -219,6 +240,16 @@ def _exact_quadratic_step(fun, params, direction, grad):
   updates = optax.tree.scale(alpha, direction)
   value, new_grad = jax.value_and_grad(fun)(optax.tree.add(params, updates))
   return updates, ExactLinesearchState(alpha, value, new_grad)
+
+
+def _outside_domain_as_nan(value_fn):
+  """``value_fn`` with inf and -inf turned to NaN: optax's line searches take
+  NaN as outside the domain and shorten the step, but would accept -inf as a
+  decrease, and this optimizer then rejects it, the same step every time."""
+  def fn(params, **kwargs):
+    value = value_fn(params, **kwargs)
+    return jnp.where(jnp.isfinite(value), value, jnp.nan)
+  return fn
 
 
 def _update(config: NonlinearCGConfig, state: NonlinearCGState, params,
@@ -244,10 +275,13 @@ def _update(config: NonlinearCGConfig, state: NonlinearCGState, params,
   # First step: a unit-length move along -g (capped at alpha = 1).
   # Capped at 10x the last step: near a minimizer g^T d collapses and the
   # ratio would explode, sending the search into overflow.
+  # After a rejection, a shorter step than the one rejected.
   guess = jnp.where(
       state.count == 0, jnp.minimum(1.0, _guarded_div(1.0, jnp.sqrt(gg))),
-      jnp.minimum(_guarded_div(state.stepsize * state.prev_slope, slope),
-                  10.0 * state.stepsize))
+      jnp.where(state.info.accepted,
+                jnp.minimum(_guarded_div(state.stepsize * state.prev_slope,
+                                         slope), 10.0 * state.stepsize),
+                REJECTED_SHRINK * state.stepsize))
   guess = jnp.where(guess > 0, guess, 1.0).astype(dtype)
   scaled = optax.tree.scale(guess, direction)
 
@@ -258,15 +292,19 @@ def _update(config: NonlinearCGConfig, state: NonlinearCGState, params,
     stepsize = ls_state.learning_rate
   else:
     updates, ls_state = ls.update(scaled, state.linesearch_state, params,
-                                  value=value, grad=grad, value_fn=value_fn,
+                                  value=value, grad=grad,
+                                  value_fn=_outside_domain_as_nan(value_fn),
                                   **extra_args)
     stepsize = guess * optax.tree.get(ls_state, "learning_rate")
   new_value = optax.tree.get(ls_state, "value")
   new_grad = optax.tree.get(ls_state, "grad")
   # A failed search can end above the start: reject an increase beyond the
   # round-off slack that optax's zoom allows itself (approx_dec_rtol = 1e-6).
-  accepted = (jnp.isfinite(new_value) & jnp.isfinite(optax.tree.norm(new_grad))
-              & jnp.isfinite(optax.tree.norm(updates)) & (gg > 0)
+  # A search that found no step (every trial outside the domain) returns
+  # zero updates: a rejection too, so that solve stops instead of idling.
+  step_max = tree_max_abs(updates)
+  accepted = (jnp.isfinite(new_value) & all_finite(new_grad)
+              & jnp.isfinite(step_max) & (step_max > 0) & (gg > 0)
               & (new_value <= value + INCREASE_RTOL * jnp.abs(value)))
   # Rejected (non-finite or higher end point, zero gradient): stay put, keep
   # value and grad; the next step restarts from -g.
@@ -284,6 +322,7 @@ def _update(config: NonlinearCGConfig, state: NonlinearCGState, params,
       count=state.count + 1, direction=direction, prev_grad=grad,
       prev_slope=slope.astype(dtype), stepsize=info.stepsize,
       since_restart=jnp.where(restart, 0, state.since_restart + 1),
+      rejections=jnp.where(accepted, 0, state.rejections + 1),
       restart_every=state.restart_every, linesearch_state=ls_state, info=info,
       config=state.config)
   return updates, new_state
@@ -353,7 +392,13 @@ def nonlinear_cg(beta: str = "polak-ribiere-plus",
           "nonlinear_cg's update needs params and value_fn: call "
           "update(grads, state, params, value=..., grad=..., value_fn=loss).")
     check_float_params(params, "nonlinear_cg")
+    check_state(state, NonlinearCGState, params, getattr(state, "prev_grad",
+                                                         None), "nonlinear_cg")
     check_scalar_loss(bind(value_fn, **extra_args), params, "nonlinear_cg")
+    if value is not None and jnp.shape(value) != ():
+      raise TypeError(
+          f"nonlinear_cg: value must be the loss at params, a scalar; got "
+          f"shape {jnp.shape(value)}.")
     grad = updates if grad is None else grad
     value = value_fn(params, **extra_args) if value is None else value
     return _update(config, state, params, value, grad, value_fn, extra_args)
@@ -391,6 +436,9 @@ def nonlinear_cg_update(params, state: NonlinearCGState,
     [2. 2. 2.]
   """
   check_float_params(params, "nonlinear_cg_update")
+  check_state(state, NonlinearCGState, params, getattr(state, "prev_grad",
+                                                       None),
+              "nonlinear_cg_update")
   fun = bind(loss_fn, *args)
   check_scalar_loss(fun, params, "nonlinear_cg_update")
   stored_value = optax.tree.get(state.linesearch_state, "value")

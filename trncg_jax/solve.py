@@ -7,9 +7,11 @@ history is preallocated, and progress reaches Python only through
 
 from __future__ import annotations
 
+import collections
 import enum
 import functools
 import inspect
+import math
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -18,11 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from trncg_jax._checks import check_float_params, check_number, check_scalar_loss
+from trncg_jax._checks import (check_float_params, check_number,
+                               check_scalar_loss, safe_norm)
 from trncg_jax.least_squares import bind
-from trncg_jax.nonlinear_cg import NonlinearCGInfo
+from trncg_jax.nonlinear_cg import (MAX_REJECTIONS, NonlinearCGInfo,
+                                    NonlinearCGState)
 from trncg_jax.transform import trncg
-from trncg_jax.trust_region import StepResult, TRNCGInfo, evaluate, loss_only
+from trncg_jax.trust_region import (StepResult, TRNCGInfo, TRNCGState,
+                                    evaluate, loss_only, value_at)
 
 
 class SolveStatus(enum.IntEnum):
@@ -34,8 +39,9 @@ class SolveStatus(enum.IntEnum):
   LOSS_TOL = 1
   #: The gradient norm fell to ``grad_tol``.
   GRAD_TOL = 2
-  #: The trust-region radius fell below ``min_radius``: no progress possible
-  #: at this precision (try float64, or stop here).
+  #: No progress is possible: trncg's radius fell below ``min_radius``, or
+  #: nonlinear_cg's line search failed ``MAX_REJECTIONS`` times in a row. Check the loss for
+  #: regions where it is NaN or -inf, or use float64.
   STAGNATION = 3
   #: The loss or gradient at the current params is NaN or inf.
   NON_FINITE = 4
@@ -43,6 +49,10 @@ class SolveStatus(enum.IntEnum):
   #: STATIONARY``): every further step would be empty. Lower ``cg_tol`` (or
   #: use ``inexact_newton``) to go further.
   STATIONARY = 5
+  #: trncg's model predicts a decrease below the loss's round-off, or its
+  #: step no longer changes the params (``StepResult.PRECISION_LIMIT``): the
+  #: params are optimal to working precision. Use float64 to go further.
+  PRECISION_LIMIT = 6
 
 
 class SolveResult(NamedTuple):
@@ -51,15 +61,19 @@ class SolveResult(NamedTuple):
   Attributes:
     params: the final params.
     state: the final optimizer state.
-    history: per-step diagnostics, a dict of NumPy arrays of length
-      ``num_steps + 1``: ``loss`` and ``grad_norm`` at each iterate (entry 0
+    history: per-step diagnostics, a dict of NumPy arrays, one entry per
+      recorded step: ``step`` (the step number; every ``history_every``-th
+      step and the last), ``loss`` and ``grad_norm`` at that iterate (entry 0
       is the start), ``aux`` (a pytree of such arrays) with ``has_aux``, and
-      for trncg / nonlinear_cg every field of their ``info`` after each step
-      (entry 0 is the initial info); for
-      ``optax.lbfgs``, its line search's ``num_linesearch_steps`` and errors.
+      for trncg / nonlinear_cg every field of their ``info`` after that step
+      (entry 0 is the initial info); for ``optax.lbfgs``, its line search's
+      ``num_linesearch_steps`` and errors. With ``history_every=1`` (the
+      default up to 10,000 steps) entry ``k`` is step ``k``.
     num_steps: updates made.
     status: a :class:`SolveStatus`.
-    compile_seconds: time to trace and compile the loop.
+    compile_seconds: time to trace and compile the loop (near 0 when an
+      earlier call compiled the same loop for inputs of the same shapes,
+      dtypes and shardings: compiled loops are kept).
     run_seconds: time to run it, compile time excluded.
   """
 
@@ -70,6 +84,15 @@ class SolveResult(NamedTuple):
   status: SolveStatus
   compile_seconds: float
   run_seconds: float
+
+
+def _find_state(state, state_type):
+  """The first sub-state of type ``state_type`` in ``state`` (e.g. in a
+  chain), or None."""
+  found = optax.tree.get_all_with_path(
+      state, state_type.__name__,
+      filtering=lambda _, v: isinstance(v, state_type))
+  return found[0][1] if found else None
 
 
 def _find_info(state):
@@ -115,7 +138,7 @@ class _Progress:
 
 @functools.lru_cache(maxsize=64)  # same loss and optimizer: no recompilation
 def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
-               has_aux):
+               has_aux, history_every):
   opt = optax.with_extra_args_support(optimizer)
 
   def run(params, state, args, loss_tol, grad_tol, min_radius):
@@ -133,7 +156,15 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
         value, grad, aux = evaluate(full_fun, params,
                                     jax.eval_shape(fun, params).dtype, has_aux)
         return value, grad, aux
-      # trncg, nonlinear_cg, lbfgs: reuse the accepted point's value.
+      tr_state = _find_state(state, TRNCGState)
+      if tr_state is not None:
+        # Reuse the accepted point's value, unless a transformation chained
+        # after trncg moved params elsewhere: then evaluate there.
+        value, grad, aux = value_at(value_fn, params, tr_state)
+        if has_aux and not aux_in_state:
+          aux = full_fun(params)[1]
+        return value, grad, aux
+      # nonlinear_cg, lbfgs: reuse the accepted point's value.
       value, grad = optax.value_and_grad_from_state(fun)(params, state=state)
       if not has_aux:
         aux = None
@@ -146,44 +177,58 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
     info0 = _find_info(state)
     value0, grad0, aux0 = current(params, state, first=True)
     value0 = jnp.asarray(value0)
-    history = {"loss": jnp.zeros(max_steps + 1, value0.dtype),
-               "grad_norm": jnp.zeros(max_steps + 1, value0.dtype)}
+    # Step k is written to slot ceil(k / history_every): slot j ends up
+    # holding step j * history_every, and the slot after the last multiple
+    # holds the final step, whatever it is.
+    slots = -(-max_steps // history_every) + 1
+    history = {"step": jnp.zeros(slots, jnp.int32),
+               "loss": jnp.zeros(slots, value0.dtype),
+               "grad_norm": jnp.zeros(slots, value0.dtype)}
     if has_aux:
       history["aux"] = jax.tree.map(
-          lambda leaf: jnp.zeros((max_steps + 1,) + jnp.shape(leaf),
+          lambda leaf: jnp.zeros((slots,) + jnp.shape(leaf),
                                  jnp.result_type(leaf)), aux0)
     if info0 is not None:
       for name, leaf in _info_fields(info0).items():
-        history[name] = jnp.zeros((max_steps + 1,) + jnp.shape(leaf),
-                                  jnp.asarray(leaf).dtype).at[0].set(leaf)
+        history[name] = jnp.zeros((slots,) + jnp.shape(leaf),
+                                  jnp.asarray(leaf).dtype)
 
     def status_of(value, gnorm, state):
-      tr_state = optax.tree.get(state, "TRNCGState")  # matched by class name
-      stagnant = stationary = False
+      tr_state = _find_state(state, TRNCGState)
+      cg_state = _find_state(state, NonlinearCGState)
+      stagnant = stationary = precision_limit = False
       if tr_state is not None:
         stagnant = tr_state.radius < min_radius
-        # Without this, a run at a stationary point idles to max_steps.
+        # Without these, a run that can make no more progress idles to
+        # max_steps.
         stationary = tr_state.info.result == StepResult.STATIONARY
+        precision_limit = (tr_state.info.result
+                           == StepResult.PRECISION_LIMIT)
+      if cg_state is not None:
+        stagnant = stagnant | (cg_state.rejections >= MAX_REJECTIONS)
       return jnp.select(
           [~jnp.isfinite(value) | ~jnp.isfinite(gnorm), value <= loss_tol,
-           gnorm <= grad_tol, stagnant, stationary],
+           gnorm <= grad_tol, stagnant, stationary, precision_limit],
           [SolveStatus.NON_FINITE, SolveStatus.LOSS_TOL, SolveStatus.GRAD_TOL,
-           SolveStatus.STAGNATION, SolveStatus.STATIONARY],
+           SolveStatus.STAGNATION, SolveStatus.STATIONARY,
+           SolveStatus.PRECISION_LIMIT],
           SolveStatus.MAX_STEPS).astype(jnp.int32)
 
     def record(history, k, value, gnorm, aux, state):
-      history = dict(history, loss=history["loss"].at[k].set(value),
-                     grad_norm=history["grad_norm"].at[k].set(gnorm))
+      slot = -(-k // history_every)
+      history = dict(history, step=history["step"].at[slot].set(k),
+                     loss=history["loss"].at[slot].set(value),
+                     grad_norm=history["grad_norm"].at[slot].set(gnorm))
       if has_aux:
-        history["aux"] = jax.tree.map(lambda h, a: h.at[k].set(a),
+        history["aux"] = jax.tree.map(lambda h, a: h.at[slot].set(a),
                                       history["aux"], aux)
       info = _find_info(state)
       if info is not None:
         for name, leaf in _info_fields(info).items():
-          history[name] = history[name].at[k].set(leaf)
+          history[name] = history[name].at[slot].set(leaf)
       return history
 
-    gnorm0 = optax.tree.norm(grad0)
+    gnorm0 = safe_norm(grad0)
     history = record(history, 0, value0, gnorm0, aux0, state)
     carry0 = (jnp.zeros((), jnp.int32), params, state, value0, grad0, history,
               status_of(value0, gnorm0, state))
@@ -198,7 +243,7 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
                                   value_fn=value_fn)
       params = optax.apply_updates(params, updates)
       value, grad, aux = current(params, state)
-      gnorm = optax.tree.norm(grad)
+      gnorm = safe_norm(grad)
       k = k + 1
       history = record(history, k, value, gnorm, aux, state)
       if with_callback:
@@ -206,14 +251,41 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
             (k % progress_every == 0) | (k == max_steps),
             lambda: jax.debug.callback(_Progress.update, k, value, gnorm),
             lambda: None)
-      return k, params, state, value, grad, history, status_of(value, gnorm,
-                                                               state)
+      return k, params, state, value, grad, history, status_of(
+          value, gnorm, state)
 
     k, params, state, value, grad, history, status = jax.lax.while_loop(
         cond, body, carry0)
     return params, state, history, k, status
 
   return jax.jit(run)
+
+
+#: Compiled loops by (loop, input signature), most recent last, so that a
+#: second :func:`solve` of the same problem neither recompiles nor pays a new
+#: executable's first-call costs.
+_COMPILED: "collections.OrderedDict" = collections.OrderedDict()
+_COMPILED_SIZE = 64
+
+
+def _compiled(run, *inputs):
+  """``run.lower(*inputs).compile()``, cached on the inputs' structure,
+  shapes, dtypes and shardings."""
+  leaves, treedef = jax.tree.flatten(inputs)
+  key = (run, treedef, tuple(
+      (jnp.shape(x), jnp.result_type(x), getattr(x, "weak_type", None),
+       getattr(x, "sharding", None)) for x in leaves))
+  if key in _COMPILED:
+    _COMPILED.move_to_end(key)
+  else:
+    _COMPILED[key] = run.lower(*inputs).compile()
+    if len(_COMPILED) > _COMPILED_SIZE:
+      _COMPILED.popitem(last=False)
+  return _COMPILED[key]
+
+
+#: The most history entries :func:`solve` allocates by default.
+_HISTORY_ENTRIES = 10_000
 
 
 @functools.lru_cache(maxsize=None)
@@ -230,7 +302,8 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
           progress: bool = False, progress_every: Optional[int] = None,
           log_fn: Optional[Callable[[int, float, float], None]] = None,
           desc: str = "solve", state: Any = None,
-          has_aux: bool = False) -> SolveResult:
+          has_aux: bool = False,
+          history_every: Optional[int] = None) -> SolveResult:
   """Minimizes ``loss_fn(params, *args)`` in one jitted ``lax.while_loop``.
 
   Each step evaluates the value and gradient at the current params (taken
@@ -261,6 +334,11 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
       holds the aux at every iterate. ``trncg(has_aux=True)`` keeps it in its
       state for free; with any other optimizer it costs a forward pass per step
       (none for optimizers that store no value, such as adam).
+    history_every: record every this many steps (and the last). The history
+      is allocated up front, ``max_steps / history_every + 1`` entries per
+      field, so ``None`` picks ``ceil(max_steps / 10_000)``: every step up to
+      10,000 steps, and at most 10,001 entries (a few MB) however large
+      ``max_steps`` is.
 
   Returns:
     A :class:`SolveResult`.
@@ -270,7 +348,7 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
     >>> rosen = lambda x: 100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2
     >>> res = trncg_jax.solve(rosen, jnp.array([-1.2, 1.0]), grad_tol=1e-5)
     >>> res.status.name, res.num_steps, jnp.round(res.params, 4)
-    ('GRAD_TOL', 24, Array([1., 1.], dtype=float32))
+    ('GRAD_TOL', 29, Array([1., 1.], dtype=float32))
     >>> res = trncg_jax.solve(rosen, jnp.array([-1.2, 1.0]),
     ...                       optimizer=optax.adam(1e-2), max_steps=100)
     >>> res.status.name, res.history["loss"].shape
@@ -280,6 +358,19 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
   if progress_every is None:
     progress_every = max(1, max_steps // 100)
   check_number("progress_every", progress_every, 1, 2**31 - 1, integer=True)
+  if history_every is None:
+    history_every = max(1, math.ceil(max_steps / _HISTORY_ENTRIES))
+  check_number("history_every", history_every, 1, 2**31 - 1, integer=True)
+  check_number("loss_tol", loss_tol, -np.inf, np.inf)
+  check_number("grad_tol", grad_tol, 0.0, np.inf)
+  check_number("min_radius", min_radius, 0.0, np.inf)
+  if optimizer is not None and not isinstance(
+      optimizer, optax.GradientTransformation):
+    hint = (f" Did you mean {optimizer.__name__}()?"
+            if callable(optimizer) and hasattr(optimizer, "__name__") else "")
+    raise TypeError(
+        "solve: optimizer must be an optax GradientTransformation (e.g. "
+        f"trncg_jax.trncg() or optax.adam(1e-3)), got {optimizer!r}.{hint}")
   check_float_params(params, "solve")
   fun = bind(loss_fn, *args)
   check_scalar_loss(fun, params, "solve", has_aux)
@@ -287,7 +378,7 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
     optimizer = _default_optimizer(bool(has_aux))
   with_callback = bool(progress or log_fn is not None)
   run = _build_run(loss_fn, optimizer, int(max_steps), int(progress_every),
-                   with_callback, bool(has_aux))
+                   with_callback, bool(has_aux), int(history_every))
   dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
   tolerances = tuple(jnp.asarray(t, dtype)
                      for t in (loss_tol, grad_tol, min_radius))
@@ -298,7 +389,7 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
   elif state is None:
     state = optimizer.init(params)
   start = time.perf_counter()
-  compiled = run.lower(params, state, args, *tolerances).compile()
+  compiled = _compiled(run, params, state, args, *tolerances)
   compile_seconds = time.perf_counter() - start
 
   bar = None
@@ -307,6 +398,9 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
     bar = tqdm(total=max_steps, desc=desc, leave=True)
   _Progress.bar, _Progress.log_fn = bar, log_fn
   out = None
+  # The state's arrays may still be in flight from init (eager ops run
+  # asynchronously): wait for them, so that run_seconds is the loop alone.
+  jax.block_until_ready((params, state, args, tolerances))
   try:
     start = time.perf_counter()
     out = jax.block_until_ready(compiled(params, state, args, *tolerances))
@@ -321,6 +415,7 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
       bar.close()
   params, state, history, k, status = out
   k = int(k)
-  history = jax.tree.map(lambda v: np.asarray(v)[:k + 1], history)
+  used = -(-k // int(history_every)) + 1
+  history = jax.tree.map(lambda v: np.asarray(v)[:used], history)
   return SolveResult(params, state, history, k, SolveStatus(int(status)),
                      compile_seconds, run_seconds)

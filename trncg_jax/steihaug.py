@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from trncg_jax._checks import norm_exponent, scale_tree
 from trncg_jax.preconditioner import IDENTITY, Preconditioner
 
 
@@ -103,14 +104,16 @@ class _Carry(NamedTuple):
 
 def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
                 tol: jax.Array, max_steps: jax.Array,
-                preconditioner: Preconditioner = IDENTITY) -> SteihaugResult:
+                preconditioner: Preconditioner = IDENTITY,
+                rtol: jax.Array = 0.0) -> SteihaugResult:
   """Solves the trust-region subproblem by CG-Steihaug (N&W Algorithm 7.2).
 
   Starting from ``z_0 = 0``, ``r_0 = g``, ``y_0 = M^{-1} r_0``, ``d_0 = -y_0``,
   CG iterates ``z_{j+1} = z_j + alpha_j d_j`` with ``alpha_j = r_j^T y_j /
   d_j^T B d_j`` until one of: ``d_j^T B d_j <= 0`` (go to the boundary along
   ``d_j``, at the root of lower model value); ``||z_{j+1}||_M >= radius``
-  (stop on the boundary); ``||r_{j+1}|| <= tol``; ``max_steps`` iterations.
+  (stop on the boundary); ``||r_{j+1}|| <= max(tol, rtol ||g||)``;
+  ``max_steps`` iterations.
   Without a preconditioner ``M = I``: N&W's algorithm exactly. With one, the
   region is ``||p||_M <= radius`` (Steihaug's own, preconditioned, form).
 
@@ -123,6 +126,7 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
     hvp: ``v -> B v`` on pytrees shaped like ``grad``.
     radius: the trust-region radius ``Delta > 0``, in the norm of ``M``.
     tol: absolute tolerance on the residual norm ``||g + B z||``.
+    rtol: tolerance on it relative to ``||g||``.
     max_steps: the largest number of CG iterations (of HVPs).
     preconditioner: a :class:`trncg_jax.preconditioner.Preconditioner`,
       e.g. :func:`trncg_jax.preconditioner.nystrom`; the identity by default.
@@ -146,9 +150,20 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
   """
   dtype = jnp.result_type(*jax.tree_util.tree_leaves(grad))
   radius = jnp.asarray(radius, dtype)
-  tol = jnp.asarray(tol, dtype)
+  # CG runs on the subproblem divided by sigma = 2^e ~ max |g_i|: the same
+  # minimizer and region, with ||g / sigma|| = O(1), so that r^T r and
+  # d^T B d neither overflow nor underflow however the loss is scaled (1e30 x
+  # a quadratic in float32). A power of two applied by ldexp: exact, so CG's
+  # arithmetic is the unscaled one's, bit for bit.
+  exponent = norm_exponent(grad)
+  grad = scale_tree(grad, -exponent)
+  unscaled_hvp = hvp
+  hvp = lambda v: scale_tree(unscaled_hvp(v), -exponent)
   y0 = preconditioner.solve(grad)
   rr0 = optax.tree.vdot(grad, grad).astype(dtype)
+  # In scaled units, where the relative tolerance cannot underflow.
+  tol = jnp.maximum(jnp.ldexp(jnp.asarray(tol, dtype), -exponent),
+                    jnp.asarray(rtol, dtype) * jnp.sqrt(rr0))
   zeros = optax.tree.zeros_like(grad)
   zero = jnp.zeros((), dtype)
   init = _Carry(
@@ -208,6 +223,6 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
 
   out = jax.lax.while_loop(lambda c: ~c.done, body, init)
   return SteihaugResult(
-      step=out.z, predicted_reduction=-out.model,
+      step=out.z, predicted_reduction=jnp.ldexp(-out.model, exponent),
       step_norm=jnp.sqrt(jnp.maximum(out.zz, 0.0)), steps=out.steps,
-      exit=out.exit, residual_norm=jnp.sqrt(out.rr))
+      exit=out.exit, residual_norm=jnp.ldexp(jnp.sqrt(out.rr), exponent))

@@ -10,8 +10,9 @@ import optax
 
 from trncg_jax._checks import check_float_params, check_scalar_loss
 from trncg_jax.least_squares import bind
-from trncg_jax.trust_region import (TRNCGHyperparams, TRNCGState, init_state,
-                                    match_aux, trust_region_step)
+from trncg_jax.trust_region import (TRNCGHyperparams, TRNCGState,
+                                    check_trncg_state, evaluate, init_state,
+                                    trust_region_step, value_at)
 
 
 def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
@@ -28,6 +29,11 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
 
   Put ``trncg`` first in an ``optax.chain``: the trust-region model needs the
   true gradient of ``value_fn``, and later transformations only see the step.
+  When one changes the step (``optax.scale``, clipping), params land away
+  from the point whose value and gradient the state keeps; the next update
+  sees that and evaluates the loss at the params it is given (one more
+  gradient), so the run stays correct. ``value_and_grad_from_state`` still
+  reports the stored value for that one call.
 
   With ``has_aux=True``, ``value_fn`` returns ``(loss, aux)``, ``init`` needs
   an example aux (``init(params, aux=...)``), and the aux of the accepted
@@ -80,20 +86,22 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
           "trncg's update needs params and value_fn: call "
           "update(grads, state, params, value_fn=loss, value=..., grad=...).")
     check_float_params(params, "trncg")
+    check_trncg_state(state, params, "trncg")
     fun = bind(value_fn, **extra_args)
     check_scalar_loss(fun, params, "trncg", config.has_aux)
     hvp_fun = (None if hvp_extra_args is None
                else bind(value_fn, **hvp_extra_args))
     grad = updates if grad is None else grad
-    dtype = state.value.dtype
-    aux = None
     if value is None:  # one evaluation gives the value and the aux
-      value, aux = fun(params) if config.has_aux else (fun(params), None)
-      aux = None if aux is None else match_aux(aux, state.info.aux)
-    elif config.has_aux:  # the stored aux belongs to the stored value
-      aux = jax.lax.cond(jnp.isfinite(state.value), lambda: state.info.aux,
-                         lambda: match_aux(fun(params)[1], state.info.aux))
-    return trust_region_step(fun, params, jnp.asarray(value, dtype), grad, aux,
-                             state, hvp_fun)
+      value, grad, aux = evaluate(fun, params, state.value.dtype,
+                                  config.has_aux, state.info.aux)
+    else:
+      if jnp.shape(value) != ():
+        raise TypeError(
+            f"trncg: value must be the loss at params, a scalar; got shape "
+            f"{jnp.shape(value)}. Pass value=loss(params) (as "
+            "optax.value_and_grad_from_state returns it).")
+      value, grad, aux = value_at(fun, params, state, (value, grad))
+    return trust_region_step(fun, params, value, grad, aux, state, hvp_fun)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
