@@ -40,8 +40,8 @@ class SolveStatus(enum.IntEnum):
   #: The gradient norm fell to ``grad_tol``.
   GRAD_TOL = 2
   #: No progress is possible: trncg's radius fell below ``min_radius``, or
-  #: nonlinear_cg's line search failed ``MAX_REJECTIONS`` times in a row. Check the loss for
-  #: regions where it is NaN or -inf, or use float64.
+  #: nonlinear_cg's line search failed ``MAX_REJECTIONS`` times in a row.
+  #: Check the loss for regions where it is NaN or -inf, or use float64.
   STAGNATION = 3
   #: The loss or gradient at the current params is NaN or inf.
   NON_FINITE = 4
