@@ -11,7 +11,7 @@ import optax
 from trncg_jax._checks import check_float_params, check_scalar_loss
 from trncg_jax.least_squares import bind
 from trncg_jax.trust_region import (TRNCGHyperparams, TRNCGState,
-                                    check_trncg_state, evaluate, init_state,
+                                    check_trncg_state, init_state, match_aux,
                                     trust_region_step, value_at)
 
 
@@ -93,8 +93,9 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
                else bind(value_fn, **hvp_extra_args))
     grad = updates if grad is None else grad
     if value is None:  # one evaluation gives the value and the aux
-      value, grad, aux = evaluate(fun, params, state.value.dtype,
-                                  config.has_aux, state.info.aux)
+      value, aux = fun(params) if config.has_aux else (fun(params), None)
+      aux = None if aux is None else match_aux(aux, state.info.aux)
+      value = jnp.asarray(value, state.value.dtype)
     else:
       if jnp.shape(value) != ():
         raise TypeError(
