@@ -217,12 +217,18 @@ def traces(problem, max_n: int) -> bool:
     return False
 
 
-def solved_flags(rows: list[Outcome]) -> dict:
-  """``{(problem, solver): solved}`` by the issue's rule."""
+def best_values(rows: list[Outcome]) -> dict:
+  """``{problem: the lowest finite f any solver reached}``."""
   best = {}
   for r in rows:
     if np.isfinite(r.f):
       best[r.problem] = min(best.get(r.problem, math.inf), r.f)
+  return best
+
+
+def solved_flags(rows: list[Outcome]) -> dict:
+  """``{(problem, solver): solved}`` by the issue's rule."""
+  best = best_values(rows)
   return {(r.problem, r.solver): bool(
       np.isfinite(r.f) and r.grad_norm <= GTOL
       and r.f <= best[r.problem] + 1e-6 * max(1.0, abs(best[r.problem])))
@@ -273,10 +279,7 @@ def summary(rows, solved, solvers) -> str:
   lines += ["", f"Problems trncg does not solve ({len(failures)}):", "",
             "| problem | n | f | best f | ‖g‖ | iterations | status | solved "
             "by |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-  best = {}
-  for r in rows:
-    if np.isfinite(r.f):
-      best[r.problem] = min(best.get(r.problem, math.inf), r.f)
+  best = best_values(rows)
   for r in failures:
     others = [s for s in solvers if solved.get((r.problem, s), False)]
     lines.append(f"| {r.problem} | {r.n} | {r.f:.6g} | "
