@@ -186,21 +186,24 @@ def heat_collocation(n: int = 10_000, boundary_fraction: float = 0.2,
                      cast(initial), cast(initial_u))
 
 
-def heat_residual(apply, params, points, alpha):
-  """u_t - alpha (u_xx + u_yy) at ``points`` (n, 3), by nested forward mode.
+def second_derivative(u, points, i):
+  """d^2 u / d x_i^2 at every row of ``points``, by nested forward mode.
 
-  The network acts point by point, so one JVP with the tangent e_x at every
-  point gives u_x at every point, and a JVP of that JVP gives u_xx.
+  ``u`` maps (n, d) points to (n,) values point by point, so one JVP with the
+  tangent e_i at every point gives du/dx_i at every point, and a JVP of that
+  JVP the second derivative.
   """
+  basis = jnp.zeros_like(points).at[:, i].set(1.0)
+  first = lambda p: jax.jvp(u, (p,), (basis,))[1]
+  return jax.jvp(first, (points,), (basis,))[1]
+
+
+def heat_residual(apply, params, points, alpha):
+  """u_t - alpha (u_xx + u_yy) at ``points`` (n, 3), by nested forward mode."""
   u = lambda p: apply(params, p)[:, 0]
-  basis = lambda i: jnp.zeros_like(points).at[:, i].set(1.0)
-
-  def second(i):
-    first = lambda p: jax.jvp(u, (p,), (basis(i),))[1]
-    return jax.jvp(first, (points,), (basis(i),))[1]
-
-  u_t = jax.jvp(u, (points,), (basis(2),))[1]
-  return u_t - alpha * (second(0) + second(1))
+  u_t = jax.jvp(u, (points,), (jnp.zeros_like(points).at[:, 2].set(1.0),))[1]
+  return u_t - alpha * (second_derivative(u, points, 0)
+                        + second_derivative(u, points, 1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -284,3 +287,56 @@ def interpolate_grid(grid, u, points_xy):
 def relative_l2(pred, ref) -> float:
   pred, ref = np.asarray(pred, float).ravel(), np.asarray(ref, float).ravel()
   return float(np.linalg.norm(pred - ref) / np.linalg.norm(ref))
+
+
+# --------------------------------------------------------------------------
+# 2d Poisson: -Delta u = 2 pi^2 sin(pi x) sin(pi y) on [0,1]^2, u = 0 on the
+# boundary (Mueller & Zeinhofer 2023; Dangel, Mueller & Zeinhofer 2024).
+
+POISSON_SIZES = {"poisson_257": (2, 64, 1),
+                 "poisson_9873": (2, 64, 64, 48, 48, 1)}
+
+
+def poisson_exact(xy, xp=jnp):
+  """u* = sin(pi x) sin(pi y)."""
+  return xp.sin(np.pi * xy[:, 0]) * xp.sin(np.pi * xy[:, 1])
+
+
+class PoissonData(NamedTuple):
+  """Fixed training points (``interior``, ``boundary``) and held-out ones."""
+
+  interior: jax.Array
+  boundary: jax.Array
+  test: jax.Array
+
+
+def poisson_data(n_interior: int = 900, n_boundary: int = 120,
+                 n_test: int = 9_000, seed: int = 0,
+                 dtype=jnp.float64) -> PoissonData:
+  """Uniform random points in the square, on its edges, and held out."""
+  rng = np.random.default_rng(seed)
+  s, side = rng.uniform(0, 1, n_boundary), np.arange(n_boundary) % 4
+  boundary = np.stack([np.select([side == 0, side == 1], [0.0, 1.0], s),
+                       np.select([side == 2, side == 3], [0.0, 1.0], s)], 1)
+  cast = lambda a: jnp.asarray(a, dtype)
+  return PoissonData(cast(rng.uniform(0, 1, (n_interior, 2))), cast(boundary),
+                     cast(rng.uniform(0, 1, (n_test, 2))))
+
+
+@functools.lru_cache(maxsize=None)
+def poisson_loss_fn(apply):
+  """1/2 mean(residual^2) + 1/2 mean(boundary^2), as weighted residuals."""
+  def residuals(params, interior, boundary):
+    u = lambda p: apply(params, p)[:, 0]
+    laplacian = (second_derivative(u, interior, 0)
+                 + second_derivative(u, interior, 1))
+    source = 2 * np.pi**2 * poisson_exact(interior)
+    return ((-laplacian - source) / jnp.sqrt(2.0 * interior.shape[0]),
+            u(boundary) / jnp.sqrt(2.0 * boundary.shape[0]))
+  return trncg_jax.LeastSquares(residuals)
+
+
+def rms(pred, ref) -> float:
+  """The root mean square of ``pred - ref``."""
+  diff = np.asarray(pred, float).ravel() - np.asarray(ref, float).ravel()
+  return float(np.sqrt(np.mean(diff**2)))

@@ -89,6 +89,15 @@ def gauss_newton_product(loss: LeastSquares, params: Any) -> Callable[[Any], Any
     TypeError: if ``loss`` is not a :class:`LeastSquares`, or its residuals
       are not float arrays.
   """
+  check_residuals(loss, params)
+  _, jvp = jax.linearize(loss.residual_fn, params)
+  vjp = jax.linear_transpose(jvp, params)
+  return lambda v: optax.tree.scale(2.0, vjp(jvp(v))[0])
+
+
+def check_residuals(loss: Any, params: Any) -> None:
+  """``TypeError`` unless ``loss`` is a :class:`LeastSquares` whose residuals
+  at ``params`` are float arrays (checked on shapes, at trace time)."""
   if not isinstance(loss, LeastSquares):
     raise TypeError(
         "hvp_mode='gauss_newton' needs the loss as its residuals: wrap it as "
@@ -99,6 +108,3 @@ def gauss_newton_product(loss: LeastSquares, params: Any) -> Callable[[Any], Any
     if not jnp.issubdtype(r.dtype, jnp.floating):
       raise TypeError(f"LeastSquares: residuals must be real float arrays, "
                       f"got dtype {r.dtype}.")
-  _, jvp = jax.linearize(loss.residual_fn, params)
-  vjp = jax.linear_transpose(jvp, params)
-  return lambda v: optax.tree.scale(2.0, vjp(jvp(v))[0])

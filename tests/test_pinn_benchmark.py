@@ -1,0 +1,49 @@
+"""The PINN suite: the Poisson problem against its closed form, and a fast
+run of `python -m benchmarks.pinn` (tiny budgets)."""
+
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import pinn, problems as P
+
+
+def test_poisson_parameter_counts_and_exact_solution():
+  for name, count in (("poisson_257", 257), ("poisson_9873", 9_873)):
+    assert P.count_params(P.init_mlp(P.POISSON_SIZES[name], 0)[1]) == count
+  data = P.poisson_data(n_interior=50, n_boundary=12, n_test=5)
+  # The exact solution has zero loss: -Delta u* = f and u* = 0 on the edges.
+  exact_loss = P.poisson_loss_fn(lambda _, x: P.poisson_exact(x)[:, None])
+  assert float(exact_loss(None, data.interior, data.boundary)) < 1e-24
+  on_edge = (np.asarray(data.boundary) == 0) | (np.asarray(data.boundary) == 1)
+  assert on_edge.any(axis=1).all()
+
+
+def test_error_at_takes_the_last_record_within_the_budget():
+  trace = dict(seconds=[0.0, 1.0, 2.5, 4.0], error=[1.0, 0.5, 0.1, 0.01])
+  assert pinn.error_at(trace, 2.6) == 0.1
+  assert pinn.error_at(trace, 4.0) == 0.01
+  assert pinn.error_at(trace, 0.5) == 1.0
+
+
+def test_quick_run_writes_results(tmp_path, monkeypatch):
+  tiny = {k: dataclasses.replace(b, seconds=2.0, max_steps=15)
+          for k, b in pinn.QUICK.items()}
+  monkeypatch.setattr(pinn, "QUICK", tiny)
+  results = pinn.main(["--quick", "--problems", "poisson_257", "--no-progress",
+                       "--optimizers", "trncg_gn", "lbfgs",
+                       "--out", str(tmp_path)])
+  runs = results[0]["runs"]
+  assert set(runs) == {"trncg_gn", "trncg_gn_cg", "lbfgs"}
+  for name, run in runs.items():
+    assert run["steps"][-1] == 15 or run["seconds"][-1] >= 2.0
+    assert run["loss"][-1] < run["loss"][0]
+    if name.startswith("trncg"):  # a trust region never raises the loss
+      assert np.all(np.diff(run["loss"]) <= 0)
+  saved = json.loads((tmp_path / "pinn.json").read_text())
+  assert saved[0]["published"]["ENGD"] == 6.2e-8
+  assert "published: ENGD" in (tmp_path / "pinn.md").read_text()
+  for png in ("pinn_error_time.png", "pinn_error_iterations.png"):
+    assert (tmp_path / png).stat().st_size > 10_000
