@@ -114,7 +114,8 @@ def run_traced(loss, params, args, optimizer, budget: Budget, error_fn, desc,
   trace = dict(seconds=[0.0], steps=[0], loss=[float(loss(params, *args))],
                error=[error_fn(params)])
   state, chunk, status, compile_seconds = None, 1, None, 0.0
-  while trace["seconds"][-1] < budget.seconds and trace["steps"][-1] < budget.max_steps:
+  while (trace["seconds"][-1] < budget.seconds
+         and trace["steps"][-1] < budget.max_steps):
     res = trncg_jax.solve(
         loss, params, *args, optimizer=optimizer, state=state,
         max_steps=min(chunk, budget.max_steps - trace["steps"][-1]),
