@@ -51,9 +51,8 @@ def residual_jacobian(loss: LeastSquares, params: Any) -> jax.Array:
   check_residuals(loss, params)
   flat, unravel = ravel_pytree(params)
   residuals = lambda x: ravel_pytree(loss.residual_fn(unravel(x)))[0]
-  _, jvp = jax.linearize(residuals, flat)
-  num_residuals = jax.eval_shape(residuals, flat).size
-  batch = max(1, min(flat.size, JACOBIAN_BATCH_ENTRIES // max(num_residuals, 1)))
+  values, jvp = jax.linearize(residuals, flat)
+  batch = max(1, min(flat.size, JACOBIAN_BATCH_ENTRIES // max(values.size, 1)))
   return jax.lax.map(jvp, jnp.eye(flat.size, dtype=flat.dtype),
                      batch_size=batch)
 
