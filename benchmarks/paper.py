@@ -5,10 +5,11 @@ a smooth heat problem with an exact solution.
     python -m benchmarks.paper            # reduced size, a few minutes on 2 CPUs
     python -m benchmarks.paper --full     # the paper's size
 
-Writes ``results/paper_<problem>_<optimizer>.json``, ``results/paper.md`` and
-``results/fig*.png``. Every training loop is one jitted ``lax.while_loop``
-(``trncg_jax.solve``) with the stopping rule inside; wall-clock excludes
-compile time, which is reported separately.
+Writes ``paper_<problem>_<optimizer>.json``, ``paper.md`` and ``fig*.png`` to
+``--out`` (default ``results/latest/paper``, which git ignores). Every
+training loop is one jitted ``lax.while_loop`` (``trncg_jax.solve``) with the
+stopping rule inside; wall-clock excludes compile time, which is reported
+separately.
 """
 
 from __future__ import annotations
@@ -312,7 +313,9 @@ def main(argv=None):
   parser.add_argument("--full", action="store_true", help="the paper's size")
   parser.add_argument("--tiny", action="store_true",
                       help="a few iterations of every path (smoke test)")
-  parser.add_argument("--out", default="results", help="output folder")
+  parser.add_argument("--out", default="results/latest/paper",
+                      help="output folder (git ignores the default; the "
+                      "committed figures in results/ come from --out results)")
   parser.add_argument("--only", choices=["elementary", "heat", "smooth"],
                       action="append", help="run only these parts")
   parser.add_argument("--no-progress", action="store_true")
