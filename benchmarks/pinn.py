@@ -130,7 +130,9 @@ def run_traced(loss, params, args, optimizer, budget: Budget, error_fn, desc,
       break
     if len(trace["steps"]) == 2:  # fixed from now on: one compile per size
       per_step = trace["seconds"][-1] / trace["steps"][-1]
-      chunk = max(1, int(budget.seconds / RECORDS / max(per_step, 1e-9)))
+      # About RECORDS records over the time or the iterations, the nearer.
+      chunk = max(1, int(min(budget.seconds / max(per_step, 1e-9),
+                             budget.max_steps) / RECORDS))
   return dict(trace, status=trncg_jax.SolveStatus(int(status)).name,
               compile_seconds=compile_seconds)
 
