@@ -44,7 +44,7 @@ def hvp_loop(fun, k, mode=trncg_jax.hvp.FORWARD_OVER_REVERSE, scale=1e-3):
     return w if scale is None else jax.tree.map(lambda a: scale * a, w)
 
   def run(p, v):
-    hvp = trncg_jax.make_hvp(fun, p, mode)
+    hvp = trncg_jax.hvp.make_hvp(fun, p, mode)
     return jax.lax.fori_loop(0, k, lambda i, w: product(hvp, w), v)
   return jax.jit(run)
 

@@ -100,7 +100,7 @@ def make_optimizers() -> dict:
   and doubles its time on sin(5x), while accurate Gauss-Newton steps reach
   1e-6 on all six functions in 20-250 iterations. ``trncg_gn_nystrom``
   preconditions its CG with a rank-50 Nystrom sketch of the Gauss-Newton
-  matrix (``trncg_jax.nystrom``), refreshed every 10 iterations: 50 HVPs per
+  matrix (``trncg_jax.preconditioner.nystrom``), refreshed every 10 iterations: 50 HVPs per
   refresh, repaid where CG runs long (sin(10x), the PINNs; README,
   Performance (e) and (f)).
   """

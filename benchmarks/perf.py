@@ -84,7 +84,7 @@ def _positive_definite(fun, params):
   """``fun`` plus ``mu/2 ||p||^2`` with ``mu`` above the Hessian's spectral
   radius (power iteration), so CG runs all its steps without meeting negative
   curvature. The extra term costs one axpy per product: the same work."""
-  hvp = jax.jit(lambda v: trncg_jax.make_hvp(fun, params)(v))
+  hvp = jax.jit(lambda v: trncg_jax.hvp.make_hvp(fun, params)(v))
   v = jax.tree.map(jnp.ones_like, params)
   for _ in range(20):
     w = hvp(v)
@@ -98,14 +98,14 @@ def part_b(fun, params, reps):
   """One CG iteration in the while_loop over one bare jitted HVP."""
   fun = _positive_definite(fun, params)
   grad = jax.grad(fun)(params)
-  bare = jax.jit(lambda p, v: trncg_jax.make_hvp(fun, p)(v))
+  bare = jax.jit(lambda p, v: trncg_jax.hvp.make_hvp(fun, p)(v))
   t_bare = time_call(bare, params, grad, reps=reps)
 
   # The same K products in a fori_loop: no CG algebra.
   t_loop = time_call(hvp_loop(fun, K, scale=None), params, grad,
                      reps=reps) / K
-  cg = jax.jit(lambda p, g: trncg_jax.cg_steihaug(
-      g, trncg_jax.make_hvp(fun, p), 1e30, 0.0, K))
+  cg = jax.jit(lambda p, g: trncg_jax.steihaug.cg_steihaug(
+      g, trncg_jax.hvp.make_hvp(fun, p), 1e30, 0.0, K))
   steps = int(cg(params, grad).steps)
   t_cg = time_call(cg, params, grad, reps=reps) / steps
   return {"cg_steps": steps, "hvp_ms": 1e3 * t_bare,
@@ -137,7 +137,7 @@ def _hvp_time_and_memory(fun, params, reps, k=5):
   XLA's compiled buffer sizes (arguments + outputs + temporaries). On CPU
   ``peak_memory_in_bytes`` leaves the temporaries out, so it is not used."""
   v = jax.tree.map(jnp.ones_like, params)
-  one = jax.jit(lambda p, v: trncg_jax.make_hvp(fun, p)(v))
+  one = jax.jit(lambda p, v: trncg_jax.hvp.make_hvp(fun, p)(v))
   memory = one.lower(params, v).compile().memory_analysis()
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
           + memory.temp_size_in_bytes)
@@ -179,7 +179,7 @@ def scipy_trust_ncg(prob, max_iterations, max_seconds, **hyperparams):
   dtype = flat.dtype
   loss = lambda z: prob.loss(unravel(z), *prob.train)
   value_and_grad = jax.jit(jax.value_and_grad(loss))
-  hessp = jax.jit(lambda z, v: trncg_jax.make_hvp(loss, z)(v))
+  hessp = jax.jit(lambda z, v: trncg_jax.hvp.make_hvp(loss, z)(v))
   z0 = np.asarray(flat, np.float64)
   value_and_grad(flat)[0].block_until_ready()  # compile outside the timing
   hessp(flat, flat).block_until_ready()

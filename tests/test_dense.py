@@ -7,7 +7,7 @@ import pytest
 
 import trncg_jax
 from trncg_jax import dense
-from trncg_jax.steihaug import CGExit
+from trncg_jax.status import CGStatus
 from trncg_jax.trust_region import (DENSE_MAX_PARAMS, TRNCGHyperparams,
                                     uses_dense_solver)
 
@@ -45,8 +45,8 @@ def test_matches_numpy_reference(radius, damping):
   np.testing.assert_allclose(res.predicted_reduction, pred, rtol=1e-9)
   np.testing.assert_allclose(res.step_norm, norm, rtol=1e-9)
   assert int(res.steps) == 5  # the Jacobian's JVPs
-  expected = CGExit.CONVERGED if radius > 10 else CGExit.HIT_BOUNDARY
-  assert CGExit(int(res.exit)) == expected
+  expected = CGStatus.CONVERGED if radius > 10 else CGStatus.HIT_BOUNDARY
+  assert CGStatus(int(res.status)) == expected
 
 
 def test_trncg_solves_linear_least_squares_like_lstsq():
@@ -84,7 +84,7 @@ def test_non_finite_jacobian_gives_zero_step():
   loss = trncg_jax.LeastSquares(jnp.sqrt)  # J = 1 / (2 sqrt(x)): NaN at x < 0
   x = jnp.array([-1.0, 2.0])
   res = dense.dense_gauss_newton(loss, x, jnp.ones(2), jnp.asarray(1.0), 0.0)
-  assert CGExit(int(res.exit)) == CGExit.NON_FINITE
+  assert CGStatus(int(res.status)) == CGStatus.NON_FINITE
   np.testing.assert_array_equal(res.step, 0.0)
 
 

@@ -71,7 +71,7 @@ def test_linear_least_squares_solved_in_one_step():
                                initial_radius=100.0, max_radius=100.0,
                                cg_tol=1e-12, inexact_newton=False)
   x, state = trncg_jax.trncg_update(jnp.zeros(5), state, loss, a, b)
-  assert int(state.info.cg_exit) == trncg_jax.CGExit.CONVERGED
+  assert int(state.info.cg_status) == trncg_jax.CGStatus.CONVERGED
   assert int(state.info.cg_steps) <= 5  # CG is exact in n steps
   np.testing.assert_allclose(x, np.linalg.lstsq(a, b, rcond=None)[0],
                              rtol=1e-9, atol=1e-12)
@@ -89,8 +89,8 @@ def test_reaches_the_rosenbrock_minimum_without_negative_curvature():
                        optimizer=trncg_jax.trncg(hvp_mode="gauss_newton"))
   assert gn.status == trncg_jax.SolveStatus.GRAD_TOL
   np.testing.assert_allclose(gn.params, [1.0, 1.0], rtol=1e-8)
-  negative = trncg_jax.CGExit.NEGATIVE_CURVATURE
-  assert not np.any(gn.history["cg_exit"] == negative)
+  negative = trncg_jax.CGStatus.NEGATIVE_CURVATURE
+  assert not np.any(gn.history["cg_status"] == negative)
   # G = 2 J^T J is positive semidefinite where the Hessian is not: at (0, 1),
   # H = diag(-398, 200) in closed form.
   x = jnp.array([0.0, 1.0])

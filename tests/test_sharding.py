@@ -65,7 +65,7 @@ SCRIPT = textwrap.dedent("""
     np.testing.assert_allclose(v1, v2, rtol=1e-13)
     for name in mlp:
         np.testing.assert_allclose(g1[name], g2[name], rtol=1e-11, atol=1e-15)
-    hvp = jax.jit(lambda p, v, *data: trncg_jax.make_hvp(
+    hvp = jax.jit(lambda p, v, *data: trncg_jax.hvp.make_hvp(
         lambda q: mlp_loss(q, *data), p)(v))
     h1, h2 = hvp(mlp_r, g1, x_s, y_s), hvp(mlp, g2, x, y_mlp)
     for name in mlp:

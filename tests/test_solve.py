@@ -80,7 +80,7 @@ def test_stops_at_a_point_stationary_to_the_cg_tolerance():
                         max_steps=100)
   assert res.status == SolveStatus.STATIONARY and res.num_steps == 2
   assert res.history["grad_norm"][1] <= 1e-3
-  assert res.history["result"][-1] == trncg_jax.StepResult.STATIONARY
+  assert res.history["status"][-1] == trncg_jax.StepStatus.STATIONARY
   np.testing.assert_array_equal(res.history["loss"][-1], res.history["loss"][1])
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from trncg_jax.preconditioner import Preconditioner
-from trncg_jax.steihaug import CGExit, boundary_roots, cg_steihaug
+from trncg_jax.status import CGStatus
+from trncg_jax.steihaug import boundary_roots, cg_steihaug
 from tests.reference import random_symmetric, steihaug_numpy
 
 jit_steihaug = jax.jit(
@@ -28,7 +29,7 @@ def test_matches_numpy_reference(kind, seed):
   p_ref, exit_ref, steps_ref = steihaug_numpy(g, B, radius, tol, max_steps)
   res = jit_steihaug(jnp.asarray(g), jnp.asarray(B), radius, tol, max_steps)
   np.testing.assert_allclose(np.asarray(res.step), p_ref, rtol=1e-10, atol=1e-10)
-  assert CGExit(int(res.exit)).name == exit_ref
+  assert CGStatus(int(res.status)).name == exit_ref
   assert int(res.steps) == steps_ref
   # The predicted reduction from CG's recurrences equals the explicit model.
   explicit = -(g @ p_ref + 0.5 * p_ref @ B @ p_ref)
@@ -58,7 +59,7 @@ def test_preconditioned_matches_numpy_reference(kind, seed):
   res = jax.jit(lambda g: cg_steihaug(g, lambda v: B_j @ v, radius, tol,
                                       max_steps, pre))(jnp.asarray(g))
   np.testing.assert_allclose(np.asarray(res.step), p_ref, rtol=1e-9, atol=1e-10)
-  assert CGExit(int(res.exit)).name == exit_ref
+  assert CGStatus(int(res.status)).name == exit_ref
   assert int(res.steps) == steps_ref
   np.testing.assert_allclose(float(res.predicted_reduction),
                              -(g @ p_ref + 0.5 * p_ref @ B @ p_ref),
@@ -77,7 +78,7 @@ def test_preconditioning_with_the_matrix_itself_converges_in_one_step():
                        matvec=lambda v: B @ v)
   res = cg_steihaug(g, lambda v: B @ v, 1e6, 1e-8, 100, pre)
   plain = cg_steihaug(g, lambda v: B @ v, 1e6, 1e-8, 100)
-  assert int(res.steps) == 1 and CGExit(int(res.exit)) == CGExit.CONVERGED
+  assert int(res.steps) == 1 and CGStatus(int(res.status)) == CGStatus.CONVERGED
   assert int(plain.steps) > 10
   np.testing.assert_allclose(np.asarray(res.step),
                              -np.linalg.solve(np.asarray(B), np.asarray(g)),
@@ -114,7 +115,7 @@ def test_spd_quadratic_solved_in_at_most_n_steps(n):
   res = jit_steihaug(-jnp.asarray(b), jnp.asarray(A), 1e6, 1e-10, 10 * n)
   np.testing.assert_allclose(np.asarray(res.step), np.linalg.solve(A, b),
                              rtol=1e-8, atol=1e-10)
-  assert CGExit(int(res.exit)) == CGExit.CONVERGED
+  assert CGStatus(int(res.status)) == CGStatus.CONVERGED
   assert int(res.steps) <= n
 
 
@@ -145,14 +146,14 @@ def test_zero_gradient_returns_zero_step_without_hvp():
     return v
 
   res = cg_steihaug(jnp.zeros(3), hvp, 1.0, 0.0, 10)
-  assert int(res.steps) == 0 and CGExit(int(res.exit)) == CGExit.CONVERGED
+  assert int(res.steps) == 0 and CGStatus(int(res.status)) == CGStatus.CONVERGED
   assert float(jnp.abs(res.step).max()) == 0.0
 
 
 def test_non_finite_hvp_gives_finite_boundary_step():
   g = jnp.array([3.0, -4.0])
   res = cg_steihaug(g, lambda v: v * jnp.nan, 0.5, 1e-10, 10)
-  assert CGExit(int(res.exit)) == CGExit.NON_FINITE
+  assert CGStatus(int(res.status)) == CGStatus.NON_FINITE
   np.testing.assert_allclose(np.asarray(res.step), -0.5 * np.asarray(g) / 5.0)
   # Linear model: m(0) - m(p) = radius * ||g||.
   np.testing.assert_allclose(float(res.predicted_reduction), 0.5 * 5.0)
@@ -162,7 +163,7 @@ def test_max_steps_exit():
   rng = np.random.default_rng(3)
   A = random_symmetric(rng, 20, "spd")
   res = jit_steihaug(jnp.ones(20), jnp.asarray(A), 1e6, 1e-14, 2)
-  assert CGExit(int(res.exit)) == CGExit.MAX_STEPS and int(res.steps) == 2
+  assert CGStatus(int(res.status)) == CGStatus.MAX_STEPS and int(res.steps) == 2
 
 
 def test_boundary_roots_are_stable_when_b_dominates():
@@ -195,7 +196,7 @@ def test_float32_scaled_subproblem_matches_the_unscaled_reference(scale):
   res = jax.jit(lambda g: cg_steihaug(g, lambda v: B_s @ v, 100.0, 0.0,
                                       3 * n, rtol=1e-5))(
                                           jnp.asarray(g, jnp.float32) * s)
-  assert CGExit(int(res.exit)).name == exit_ref == "CONVERGED"
+  assert CGStatus(int(res.status)).name == exit_ref == "CONVERGED"
   np.testing.assert_allclose(np.asarray(res.step), p_ref, rtol=1e-4,
                              atol=1e-5)
   explicit = -(g @ p_ref + 0.5 * p_ref @ B @ p_ref) * scale

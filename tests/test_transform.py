@@ -1,11 +1,11 @@
 """The optax interface: same iterates as the pure API, chaining, state reuse."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
 import trncg_jax
 from tests.test_trust_region import rosenbrock
@@ -88,6 +88,7 @@ def test_update_without_value_fn_is_a_clear_type_error():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_flax_nnx_mlp_fits_a_1d_function(dtype):
+  nnx = pytest.importorskip("flax.nnx")  # flax is a benchmark extra
   class MLP(nnx.Module):
     def __init__(self, rngs):
       self.l1 = nnx.Linear(1, 16, rngs=rngs, param_dtype=dtype, dtype=dtype)
@@ -143,3 +144,47 @@ def test_has_aux_and_subsampled_hessian_match_the_pure_api():
     np.testing.assert_allclose(x, x_pure, rtol=1e-12)
     np.testing.assert_allclose(state.info.aux["fit"], loss(x, target)[1]["fit"],
                                rtol=1e-12)
+
+
+def test_inject_hyperparams_trains_and_changes_without_recompiling():
+  """optax.inject_hyperparams sees every option (explicit signature); a new
+  value in its state takes effect at the next update, with no retrace."""
+  opt = optax.inject_hyperparams(trncg_jax.trncg)(eta=0.1)
+  x = jnp.array([-1.2, 1.0])
+  state = opt.init(x)
+  assert float(state.hyperparams["eta"]) == pytest.approx(0.1)
+  value_and_grad = optax.value_and_grad_from_state(rosenbrock)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(x, state):
+    value, grad = value_and_grad(x, state=state)
+    updates, state = opt.update(grad, state, x, value=value, grad=grad,
+                                value_fn=rosenbrock)
+    return optax.apply_updates(x, updates), state
+
+  def cg_steps(x, state, n):
+    steps = []
+    for _ in range(n):
+      x, state = step(x, state)
+      steps.append(int(state.inner_state.info.cg_steps))
+    return x, state, max(steps)
+
+  x, state, most = cg_steps(x, state, 10)
+  assert most == 2  # Newton steps in 2 dimensions
+  state.hyperparams["max_cg_steps"] = jnp.asarray(1)  # as init makes it
+  x, state, most = cg_steps(x, state, 10)
+  assert most == 1  # the injected value
+  state.hyperparams["max_cg_steps"] = jnp.asarray(500)
+  x, state, _ = cg_steps(x, state, 60)
+  np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-4)
+
+
+def test_misspelled_option_names_the_valid_ones():
+  with pytest.raises(TypeError, match=r"'etta'. Did you mean 'eta'\?.*"
+                     r"Valid options: initial_radius"):
+    trncg_jax.trncg(etta=0.1)
+  with pytest.raises(TypeError, match="Did you mean 'max_cg_steps'"):
+    trncg_jax.trncg_init(jnp.zeros(2), max_cg_step=3)
+  with pytest.raises(TypeError, match="Did you mean 'beta'"):
+    trncg_jax.nonlinear_cg(bta="fletcher-reeves")

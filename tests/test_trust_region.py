@@ -8,7 +8,7 @@ import pytest
 import scipy.optimize
 
 import trncg_jax
-from trncg_jax import StepResult
+from trncg_jax import StepStatus
 
 
 def rosenbrock(x):
@@ -49,7 +49,7 @@ def run_until(loss, x0, gtol, max_iter=1000, **hyperparams):
 
 
 @pytest.mark.parametrize("name", TEST_FUNCTIONS)
-def test_standard_functions_reach_known_minima_like_scipy(name, capsys):
+def test_standard_functions_reach_known_minima_like_scipy(name):
   loss, x0, xstar = TEST_FUNCTIONS[name]
   x0 = jnp.asarray(x0)
   x, state, iterations = run_until(loss, x0, 1e-8, **SCIPY_SETTINGS)
@@ -64,9 +64,6 @@ def test_standard_functions_reach_known_minima_like_scipy(name, capsys):
       options=dict(initial_trust_radius=1.0, max_trust_radius=1000.0, eta=0.15,
                    gtol=1e-8))
   assert ref.success
-  with capsys.disabled():
-    print(f"\n  trncg on {name}: {iterations} iterations; SciPy trust-ncg: "
-          f"{ref.nit}")
   assert abs(iterations - ref.nit) <= 0.2 * ref.nit, (iterations, ref.nit)
 
 
@@ -98,7 +95,7 @@ def test_rejected_step_keeps_params_and_shrinks_radius():
   x0 = jnp.zeros(2)
   state = trncg_jax.trncg_init(x0, initial_radius=1000.0, max_radius=1000.0)
   x, state = jit_update(x0, state, loss)
-  assert StepResult(int(state.info.result)) == StepResult.REJECTED
+  assert StepStatus(int(state.info.status)) == StepStatus.REJECTED
   assert float(state.info.rho) < 1e-3
   np.testing.assert_array_equal(x, x0)
   assert float(state.radius) == 250.0
@@ -117,8 +114,8 @@ def test_nan_region_rejects_and_params_stay_finite():
   for _ in range(60):
     x, state = jit_update(x, state, loss)
     assert bool(jnp.all(jnp.isfinite(x)))
-    results.append(StepResult(int(state.info.result)))
-  assert StepResult.NON_FINITE_TRIAL in results
+    results.append(StepStatus(int(state.info.status)))
+  assert StepStatus.NON_FINITE_TRIAL in results
   np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-6)
 
 
@@ -126,15 +123,15 @@ def test_non_finite_current_point_leaves_params():
   x0 = jnp.array([1.0, jnp.inf])
   x, state = jit_update(x0, trncg_jax.trncg_init(x0), rosenbrock)
   np.testing.assert_array_equal(x, x0)
-  assert StepResult(int(state.info.result)) == StepResult.NON_FINITE_CURRENT
+  assert StepStatus(int(state.info.status)) == StepStatus.NON_FINITE_CURRENT
   assert float(state.radius) == float(state.hyperparams.initial_radius)
-  assert "params are left unchanged" in StepResult.NON_FINITE_CURRENT.message
+  assert "params are left unchanged" in StepStatus.NON_FINITE_CURRENT.message
 
 
 def test_stationary_point_is_reported_and_radius_kept():
   x0 = jnp.array([1.0, 1.0])
   x, state = jit_update(x0, trncg_jax.trncg_init(x0), rosenbrock)
-  assert StepResult(int(state.info.result)) == StepResult.STATIONARY
+  assert StepStatus(int(state.info.status)) == StepStatus.STATIONARY
   np.testing.assert_array_equal(x, x0)
   assert float(state.radius) == float(state.hyperparams.initial_radius)
   assert int(state.info.cg_steps) == 0
@@ -385,13 +382,13 @@ def test_has_aux_keeps_the_accepted_points_aux_without_retracing():
     x, state = step(x, state)
     x_plain, state_plain = jit_update(
         x_plain, state_plain, lambda p: loss_with_components(p, target)[0])
-    results.append(int(state.info.result))
+    results.append(int(state.info.status))
     # The aux is that of the params returned, accepted step or not.
     _, expected = loss_with_components(x, target)
     for name in ("fit", "reg"):
       np.testing.assert_allclose(state.info.aux[name], expected[name],
                                  rtol=1e-14)
-  assert StepResult.REJECTED in results and StepResult.ACCEPTED in results
+  assert StepStatus.REJECTED in results and StepStatus.ACCEPTED in results
   np.testing.assert_array_equal(x, x_plain)  # aux changes nothing else
 
 
@@ -439,7 +436,7 @@ def test_subsampled_hessian_uses_the_hvp_batch():
   x1, state = trncg_jax.trncg_update(x0, state, loss, a, b, hvp_args=(a[:10], b))
   h_sub = np.asarray(a[:10]).T @ np.asarray(a[:10]) / 10
   step = np.linalg.solve(h_sub, np.asarray(b))
-  assert int(state.info.cg_exit) == trncg_jax.CGExit.CONVERGED
+  assert int(state.info.cg_status) == trncg_jax.CGStatus.CONVERGED
   np.testing.assert_allclose(state.info.step_norm, np.linalg.norm(step),
                              rtol=1e-8)
   np.testing.assert_allclose(state.info.predicted_reduction,
@@ -503,3 +500,14 @@ def test_paper_preset_holds_the_papers_hyperparameters():
               2.0, 10.0, 1e-3, 1e-8, False, 500)
   default = trncg_jax.trncg_init(jnp.zeros(2)).hyperparams
   assert float(default.max_radius) == 1e10 and bool(default.inexact_newton)
+
+
+def test_public_surface_is_small_and_every_status_says_what_to_do():
+  assert 15 <= len(trncg_jax.__all__) <= 20
+  for name in trncg_jax.__all__:
+    assert hasattr(trncg_jax, name), name
+  for enum_type in (trncg_jax.CGStatus, trncg_jax.StepStatus,
+                    trncg_jax.SolveStatus):
+    for member in enum_type:
+      assert isinstance(member.message, str) and len(member.message) > 10
+      assert enum_type(int(member)) is member  # round-trips through int32

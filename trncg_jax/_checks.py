@@ -7,6 +7,9 @@ traced counterpart for values.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import numbers
 from typing import Any, Callable
 
@@ -176,3 +179,28 @@ def check_state(state: Any, state_type: type, params: Any, like: Any,
     raise TypeError(
         f"{who}: the state was made for params {describe(like)}, but params "
         f"are {describe(params)}. Call init with the params you update.")
+
+
+def named_options(factory: Callable) -> Callable:
+  """``factory`` with a misspelled keyword reported with the valid options.
+
+  Python's own message names only the bad keyword; this one also suggests the
+  closest option and lists them all. The signature stays ``factory``'s own
+  (``inspect.signature`` follows ``__wrapped__``), so ``help()``, IDEs and
+  ``optax.inject_hyperparams`` see every option.
+  """
+  parameters = inspect.signature(factory).parameters
+  options = [name for name, p in parameters.items()
+             if p.kind == inspect.Parameter.KEYWORD_ONLY]
+
+  @functools.wraps(factory)
+  def checked(*args, **kwargs):
+    for name in kwargs:
+      if name not in parameters:
+        close = difflib.get_close_matches(name, options, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise TypeError(
+            f"{factory.__name__}() got an unknown option {name!r}.{hint} "
+            f"Valid options: {', '.join(options)}.")
+    return factory(*args, **kwargs)
+  return checked

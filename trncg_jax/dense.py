@@ -32,7 +32,8 @@ from jax.flatten_util import ravel_pytree
 
 from trncg_jax._checks import norm_exponent
 from trncg_jax.least_squares import LeastSquares, check_residuals
-from trncg_jax.steihaug import CGExit, SteihaugResult
+from trncg_jax.status import CGStatus
+from trncg_jax.steihaug import SteihaugResult
 
 #: The floor of ``mu`` in ulps of ``tr(B)``. On the 257-param Poisson PINN
 #: (1000 iterations, float64) floors of 1, 10 and 100 ulps (as ``P eps``
@@ -73,9 +74,9 @@ def dense_gauss_newton(loss: LeastSquares, params: Any, grad: Any,
       exists in the working precision (``cond(A) <= 1 / (10 eps)``).
 
   Returns:
-    A :class:`trncg_jax.SteihaugResult`: ``predicted_reduction`` of the
+    A :class:`trncg_jax.steihaug.SteihaugResult`: ``predicted_reduction`` of the
     Gauss-Newton model (with ``B``, not ``A``), ``step_norm = ||p||_A``,
-    ``steps = P`` (the JVPs that formed ``J``), ``exit`` ``CONVERGED`` for the
+    ``steps = P`` (the JVPs that formed ``J``), ``status`` ``CONVERGED`` for the
     full step, ``HIT_BOUNDARY`` when shortened, ``NON_FINITE`` (with a zero
     step) when ``J`` or the factorization is not finite.
 
@@ -109,13 +110,13 @@ def dense_gauss_newton(loss: LeastSquares, params: Any, grad: Any,
   step = tau * jnp.where(finite, d, 0.0)
   jp = jac_t.T @ step
   predicted = -(g @ step) - jp @ jp  # -(g.p + p.B.p / 2), B = 2 J^T J
-  exit_code = jnp.where(~finite, CGExit.NON_FINITE,
-                        jnp.where(tau < 1, CGExit.HIT_BOUNDARY,
-                                  CGExit.CONVERGED))
+  exit_code = jnp.where(~finite, CGStatus.NON_FINITE,
+                        jnp.where(tau < 1, CGStatus.HIT_BOUNDARY,
+                                  CGStatus.CONVERGED))
   return SteihaugResult(
       step=unravel(step.astype(dtype)),
       predicted_reduction=jnp.ldexp(predicted, 2 * exponent).astype(dtype),
       step_norm=(tau * d_norm).astype(dtype),
       steps=jnp.asarray(size, jnp.int32),
-      exit=exit_code.astype(jnp.int32),
+      status=exit_code.astype(jnp.int32),
       residual_norm=jnp.zeros((), dtype))

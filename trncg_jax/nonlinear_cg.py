@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import optax
 
 from trncg_jax._checks import (all_finite, check_float_params, check_number,
-                               check_scalar_loss, check_state, tree_max_abs)
+                               check_scalar_loss, check_state, named_options,
+                               tree_max_abs)
 from trncg_jax.least_squares import bind
 from trncg_jax.trust_region import distinct_buffers, evaluate
 
@@ -104,8 +105,8 @@ class NonlinearCGConfig:
   restart_every: Optional[int] = dataclasses.field(
       default=None, metadata=dict(static=True))
   powell_nu: float = dataclasses.field(default=0.2, metadata=dict(static=True))
-  linesearch: Union[None, str, optax.GradientTransformationExtraArgs] = (
-      dataclasses.field(default=None, metadata=dict(static=True)))
+  linesearch: "Linesearch" = dataclasses.field(
+      default=None, metadata=dict(static=True))
 
   def validate(self) -> "NonlinearCGConfig":
     if self.beta not in BETA_RULES:
@@ -328,9 +329,14 @@ def _update(config: NonlinearCGConfig, state: NonlinearCGState, params,
   return updates, new_state
 
 
-def nonlinear_cg(beta: str = "polak-ribiere-plus",
+Linesearch = Union[None, str, optax.GradientTransformationExtraArgs]
+
+
+@named_options
+def nonlinear_cg(*, beta: str = "polak-ribiere-plus",
                  restart_every: Optional[int] = None, powell_nu: float = 0.2,
-                 linesearch=None) -> optax.GradientTransformationExtraArgs:
+                 linesearch: Linesearch = None,
+                 ) -> optax.GradientTransformationExtraArgs:
   """Nonlinear conjugate gradient, called exactly like ``optax.lbfgs``.
 
   ``update(grads, state, params, *, value, grad, value_fn, **extra_args)``;
@@ -380,7 +386,8 @@ def nonlinear_cg(beta: str = "polak-ribiere-plus",
     p. 121; eqs. 5.44-5.50 (PR, PR+, HS), pp. 122-123; restarts, p. 124-125;
     Dai & Yuan, SIAM J. Optim. 10 (1999) 177-182.
   """
-  config = NonlinearCGConfig(beta, restart_every, powell_nu, linesearch).validate()
+  config = NonlinearCGConfig(beta, restart_every, powell_nu,
+                             linesearch).validate()
 
   def init_fn(params):
     return _init(params, config)
@@ -406,9 +413,15 @@ def nonlinear_cg(beta: str = "polak-ribiere-plus",
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def nonlinear_cg_init(params, **options) -> NonlinearCGState:
-  """Initializes the pure form; ``options`` are those of :func:`nonlinear_cg`."""
-  return _init(params, NonlinearCGConfig(**options).validate())
+@named_options
+def nonlinear_cg_init(params: Any, *, beta: str = "polak-ribiere-plus",
+                      restart_every: Optional[int] = None,
+                      powell_nu: float = 0.2, linesearch: Linesearch = None,
+                      ) -> NonlinearCGState:
+  """Initializes :func:`nonlinear_cg_update`; the options are those of
+  :func:`nonlinear_cg`, kept in the state (``state.config``)."""
+  return _init(params, NonlinearCGConfig(beta, restart_every, powell_nu,
+                                         linesearch).validate())
 
 
 def nonlinear_cg_update(params, state: NonlinearCGState,

@@ -8,7 +8,6 @@ history is preallocated, and progress reaches Python only through
 from __future__ import annotations
 
 import collections
-import enum
 import functools
 import inspect
 import math
@@ -25,34 +24,10 @@ from trncg_jax._checks import (check_float_params, check_number,
 from trncg_jax.least_squares import bind
 from trncg_jax.nonlinear_cg import (MAX_REJECTIONS, NonlinearCGInfo,
                                     NonlinearCGState)
+from trncg_jax.status import SolveStatus, StepStatus
 from trncg_jax.transform import trncg
-from trncg_jax.trust_region import (StepResult, TRNCGInfo, TRNCGState,
+from trncg_jax.trust_region import (TRNCGInfo, TRNCGState,
                                     evaluate, loss_only, value_at)
-
-
-class SolveStatus(enum.IntEnum):
-  """Why :func:`solve` stopped (``SolveResult.status``)."""
-
-  #: ``max_steps`` updates were made without meeting a tolerance.
-  MAX_STEPS = 0
-  #: The loss fell to ``loss_tol``.
-  LOSS_TOL = 1
-  #: The gradient norm fell to ``grad_tol``.
-  GRAD_TOL = 2
-  #: No progress is possible: trncg's radius fell below ``min_radius``, or
-  #: nonlinear_cg's line search failed ``MAX_REJECTIONS`` times in a row.
-  #: Check the loss for regions where it is NaN or -inf, or use float64.
-  STAGNATION = 3
-  #: The loss or gradient at the current params is NaN or inf.
-  NON_FINITE = 4
-  #: trncg found the gradient below its CG tolerance (``StepResult.
-  #: STATIONARY``): every further step would be empty. Lower ``cg_tol`` (or
-  #: use ``inexact_newton``) to go further.
-  STATIONARY = 5
-  #: trncg's model predicts a decrease below the loss's round-off, or its
-  #: step no longer changes the params (``StepResult.PRECISION_LIMIT``): the
-  #: params are optimal to working precision. Use float64 to go further.
-  PRECISION_LIMIT = 6
 
 
 class SolveResult(NamedTuple):
@@ -201,9 +176,9 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
         stagnant = tr_state.radius < min_radius
         # Without these, a run that can make no more progress idles to
         # max_steps.
-        stationary = tr_state.info.result == StepResult.STATIONARY
-        precision_limit = (tr_state.info.result
-                           == StepResult.PRECISION_LIMIT)
+        stationary = tr_state.info.status == StepStatus.STATIONARY
+        precision_limit = (tr_state.info.status
+                           == StepStatus.PRECISION_LIMIT)
       if cg_state is not None:
         stagnant = stagnant | (cg_state.rejections >= MAX_REJECTIONS)
       return jnp.select(

@@ -12,7 +12,6 @@ using only products ``B v``, in a ``lax.while_loop`` over pytrees.
 
 from __future__ import annotations
 
-import enum
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -21,24 +20,7 @@ import optax
 
 from trncg_jax._checks import norm_exponent, scale_tree
 from trncg_jax.preconditioner import IDENTITY, Preconditioner
-
-
-class CGExit(enum.IntEnum):
-  """Why CG-Steihaug stopped (the ``cg_exit`` diagnostic)."""
-
-  #: The residual fell to the tolerance inside the trust region.
-  CONVERGED = 0
-  #: ``d^T B d <= 0``: the step follows ``d`` to the boundary point with the
-  #: lower model value.
-  NEGATIVE_CURVATURE = 1
-  #: The next CG iterate would leave the region: the step stops on the boundary.
-  HIT_BOUNDARY = 2
-  #: ``max_steps`` CG iterations were taken; the last iterate is returned.
-  MAX_STEPS = 3
-  #: A Hessian-vector product was NaN or inf. The step follows the current CG
-  #: direction to the boundary under the linear model; the outer trust region
-  #: then accepts or rejects it on the true loss.
-  NON_FINITE = 4
+from trncg_jax.status import CGStatus
 
 
 class SteihaugResult(NamedTuple):
@@ -49,7 +31,7 @@ class SteihaugResult(NamedTuple):
     predicted_reduction: ``m(0) - m(p)``, from CG's own recurrences.
     step_norm: ``||p||``, or ``||p||_M`` with a preconditioner ``M``.
     steps: the number of CG iterations, equal to the number of HVPs.
-    exit: a :class:`CGExit`, as an int32 array.
+    status: a :class:`CGStatus`, as an int32 array.
     residual_norm: ``||g + B z||`` at the last interior iterate.
   """
 
@@ -57,7 +39,7 @@ class SteihaugResult(NamedTuple):
   predicted_reduction: jax.Array
   step_norm: jax.Array
   steps: jax.Array
-  exit: jax.Array
+  status: jax.Array
   residual_norm: jax.Array
 
 
@@ -98,7 +80,7 @@ class _Carry(NamedTuple):
   ry: jax.Array  # r.M^{-1}r
   zz: jax.Array  # ||z||_M^2
   model: jax.Array  # m(z) - m(0)
-  exit: jax.Array
+  status: jax.Array
   done: jax.Array
 
 
@@ -136,10 +118,11 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from trncg_jax.steihaug import cg_steihaug, CGExit
+    >>> from trncg_jax import CGStatus
+    >>> from trncg_jax.steihaug import cg_steihaug
     >>> A = jnp.array([[2.0, 0.0], [0.0, 4.0]])
     >>> res = cg_steihaug(jnp.array([-2.0, -4.0]), lambda v: A @ v, 10.0, 1e-6, 10)
-    >>> print(jnp.round(res.step, 4), CGExit(int(res.exit)).name, int(res.steps))
+    >>> print(jnp.round(res.step, 4), CGStatus(int(res.status)).name, int(res.steps))
     [1. 1.] CONVERGED 2
 
   References:
@@ -170,7 +153,7 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
       steps=jnp.zeros((), jnp.int32), z=zeros, r=grad,
       d=optax.tree.scale(-1.0, y0), rr=rr0,
       ry=optax.tree.vdot(grad, y0).astype(dtype), zz=zero, model=zero,
-      exit=jnp.asarray(CGExit.CONVERGED, jnp.int32),
+      status=jnp.asarray(CGStatus.CONVERGED, jnp.int32),
       done=jnp.sqrt(rr0) <= tol)
 
   def body(c: _Carry) -> _Carry:
@@ -206,8 +189,8 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
     steps = c.steps + 1
     exit_code = jnp.select(
         [~finite, go_to_boundary, hits, converged],
-        [CGExit.NON_FINITE, CGExit.NEGATIVE_CURVATURE, CGExit.HIT_BOUNDARY,
-         CGExit.CONVERGED], CGExit.MAX_STEPS).astype(jnp.int32)
+        [CGStatus.NON_FINITE, CGStatus.NEGATIVE_CURVATURE, CGStatus.HIT_BOUNDARY,
+         CGStatus.CONVERGED], CGStatus.MAX_STEPS).astype(jnp.int32)
     stopped = go_to_boundary | hits
     return _Carry(
         steps=steps,
@@ -218,11 +201,11 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
         ry=jnp.where(stopped, c.ry, ry_next),
         zz=c.zz + 2 * tau * zd + tau**2 * dd,
         model=model_at(tau),
-        exit=exit_code,
+        status=exit_code,
         done=stopped | converged | (steps >= max_steps))
 
   out = jax.lax.while_loop(lambda c: ~c.done, body, init)
   return SteihaugResult(
       step=out.z, predicted_reduction=jnp.ldexp(-out.model, exponent),
       step_norm=jnp.sqrt(jnp.maximum(out.zz, 0.0)), steps=out.steps,
-      exit=out.exit, residual_norm=jnp.ldexp(jnp.sqrt(out.rr), exponent))
+      status=out.status, residual_norm=jnp.ldexp(jnp.sqrt(out.rr), exponent))

@@ -2,21 +2,52 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from trncg_jax._checks import check_float_params, check_scalar_loss
+from trncg_jax._checks import (check_float_params, check_scalar_loss,
+                               named_options)
 from trncg_jax.least_squares import bind
-from trncg_jax.trust_region import (TRNCGHyperparams, TRNCGState,
-                                    check_trncg_state, init_state, match_aux,
+from trncg_jax.trust_region import (DEFAULTS, STATIC_FIELDS, Float, Int,
+                                    TRNCGState, check_trncg_state,
+                                    hyperparams_from, init_state, match_aux,
                                     trust_region_step, value_at)
 
 
-def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
+@named_options
+def trncg(*, initial_radius: Float = DEFAULTS.initial_radius,
+          max_radius: Float = DEFAULTS.max_radius,
+          eta: Float = DEFAULTS.eta,
+          cg_tol: Float = DEFAULTS.cg_tol,
+          inexact_newton: bool = DEFAULTS.inexact_newton,
+          forcing_power: Float = DEFAULTS.forcing_power,
+          max_cg_steps: Int = DEFAULTS.max_cg_steps,
+          nystrom_refresh: Int = DEFAULTS.nystrom_refresh,
+          nystrom_damping: Float = DEFAULTS.nystrom_damping,
+          dense_damping: Float = DEFAULTS.dense_damping,
+          shrink_factor: Float = DEFAULTS.shrink_factor,
+          expand_factor: Float = DEFAULTS.expand_factor,
+          shrink_threshold: Float = DEFAULTS.shrink_threshold,
+          expand_threshold: Float = DEFAULTS.expand_threshold,
+          hvp_mode: str = DEFAULTS.hvp_mode,
+          has_aux: bool = DEFAULTS.has_aux,
+          nystrom_rank: Int = DEFAULTS.nystrom_rank,
+          solver: str = DEFAULTS.solver,
+          ) -> optax.GradientTransformationExtraArgs:
   """Trust-region Newton-CG as an optax transformation.
+
+  The keyword options are the fields of
+  :class:`trncg_jax.trust_region.TRNCGHyperparams`, which documents each
+  one's meaning, default and range; the defaults are our recommendation, and
+  ``trncg(**trncg_jax.PAPER_HYPERPARAMS)`` reproduces the paper. The numeric
+  options can be changed during a run without recompiling through
+  ``optax.inject_hyperparams(trncg_jax.trncg)(eta=0.1)``; the
+  code-selecting ones (``hvp_mode``, ``solver``, ``has_aux``,
+  ``nystrom_rank``) are fixed at ``init``.
 
   It follows the line-search convention of ``optax.lbfgs``: ``update`` takes
   the loss through ``value_fn`` (extra keyword arguments are forwarded to it)
@@ -42,13 +73,13 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
   sub-batch; for mini-batches, pass the value and gradient on the current
   batch rather than the stored ones (see :func:`trncg_jax.trncg_update`).
 
-  Args:
-    **hyperparams: the fields of :class:`trncg_jax.TRNCGHyperparams`, checked
-      here (``ValueError`` names a parameter out of range).
-
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     :class:`trncg_jax.TRNCGState`.
+
+  Raises:
+    ValueError: naming an option outside its range.
+    TypeError: for an unknown option (the message lists the valid ones).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -71,7 +102,7 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
     Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithm 4.1, p. 69,
     and Algorithm 7.2, p. 171.
   """
-  config = TRNCGHyperparams(**hyperparams).validate()
+  config = hyperparams_from(locals())
 
   def init_fn(params: Any, *, aux: Any = None) -> TRNCGState:
     return init_state(params, config, aux)
@@ -87,6 +118,11 @@ def trncg(**hyperparams) -> optax.GradientTransformationExtraArgs:
           "update(grads, state, params, value_fn=loss, value=..., grad=...).")
     check_float_params(params, "trncg")
     check_trncg_state(state, params, "trncg")
+    # The factory's numbers rule (optax.inject_hyperparams passes new ones to
+    # each update, as arrays); the fields that select code are the state's.
+    state = state._replace(hyperparams=dataclasses.replace(
+        config.as_arrays(state.value.dtype),
+        **{name: getattr(state.hyperparams, name) for name in STATIC_FIELDS}))
     fun = bind(value_fn, **extra_args)
     check_scalar_loss(fun, params, "trncg", config.has_aux)
     hvp_fun = (None if hvp_extra_args is None

@@ -17,9 +17,8 @@ gradient ``g`` already known:
 from __future__ import annotations
 
 import dataclasses
-import enum
 import types
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -28,56 +27,14 @@ import optax
 
 from trncg_jax import hvp as hvp_lib
 from trncg_jax._checks import (all_finite, check_float_params, check_number,
-                               check_scalar_loss, check_state, safe_norm,
-                               tree_equal)
+                               check_scalar_loss, check_state, named_options,
+                               safe_norm, tree_equal)
 from trncg_jax.dense import dense_gauss_newton
 from trncg_jax.least_squares import bind
 from trncg_jax.preconditioner import IDENTITY, NystromFactors, nystrom_factors
-from trncg_jax.steihaug import CGExit, cg_steihaug
+from trncg_jax.status import CGStatus, StepStatus
+from trncg_jax.steihaug import cg_steihaug
 
-
-class StepResult(enum.IntEnum):
-  """What one outer iteration did (``info.result``); see :meth:`message`."""
-
-  ACCEPTED = 0
-  REJECTED = 1
-  NON_FINITE_TRIAL = 2
-  NON_FINITE_CURRENT = 3
-  STATIONARY = 4
-  PRECISION_LIMIT = 5
-
-  @property
-  def message(self) -> str:
-    return _MESSAGES[self]
-
-
-_MESSAGES = {
-    StepResult.ACCEPTED: "Step accepted.",
-    StepResult.REJECTED: (
-        "Step rejected: rho <= eta, the quadratic model predicted the loss "
-        "badly. The radius shrinks and the next iteration retries; no action "
-        "is needed unless this repeats until the radius underflows, which "
-        "points to a loss that is not twice differentiable or to float32 "
-        "round-off near convergence (try float64)."),
-    StepResult.NON_FINITE_TRIAL: (
-        "Step rejected: the loss or gradient at the trial point is NaN or inf."
-        " The radius shrinks so the next trial stays closer. If this repeats, "
-        "check the loss for undefined regions (log or sqrt of negatives, "
-        "division by zero) or lower initial_radius."),
-    StepResult.NON_FINITE_CURRENT: (
-        "The loss or gradient at the current params is NaN or inf; params are"
-        " left unchanged. Check the initial params and the data passed to the"
-        " loss."),
-    StepResult.STATIONARY: (
-        "The gradient norm is below the CG tolerance: params are at a "
-        "stationary point. Stop iterating."),
-    StepResult.PRECISION_LIMIT: (
-        "The step no longer changes params, or the model's minimizer inside "
-        "the region predicts a decrease below the round-off of the loss (eps "
-        "|f|) and does not lower the gradient norm either: no further "
-        "progress is possible at this precision. Stop iterating; use float64 "
-        "to go further."),
-}
 
 #: Reductions within this many ulps of ``|f|`` count as round-off in the rho
 #: safeguard ``delta``; also the floor of CG's relative tolerance. Conn, Gould
@@ -279,7 +236,7 @@ class TRNCGHyperparams:
                         **changes).validate()
     return dataclasses.replace(new, **{
         name: jnp.asarray(value, jnp.result_type(getattr(self, name)))
-        for name, value in changes.items() if name not in _STATIC_FIELDS})
+        for name, value in changes.items() if name not in STATIC_FIELDS})
 
   def as_arrays(self, dtype) -> "TRNCGHyperparams":
     """The same hyperparameters as arrays: floats in ``dtype``.
@@ -307,11 +264,11 @@ class TRNCGHyperparams:
       return jnp.array(value, dtype)  # a new buffer per field (donation)
     return dataclasses.replace(self, **{
         f.name: cast(f.name, getattr(self, f.name))
-        for f in dataclasses.fields(self) if f.name not in _STATIC_FIELDS})
+        for f in dataclasses.fields(self) if f.name not in STATIC_FIELDS})
 
 
 # Fields that select code rather than hold numbers: never cast to arrays.
-_STATIC_FIELDS = ("hvp_mode", "has_aux", "nystrom_rank", "solver")
+STATIC_FIELDS = ("hvp_mode", "has_aux", "nystrom_rank", "solver")
 
 
 def uses_dense_solver(hyperparams: TRNCGHyperparams, params: Any) -> bool:
@@ -348,9 +305,9 @@ class TRNCGInfo(NamedTuple):
     cg_steps: CG iterations, each one HVP.
     hvps: all HVPs of the iteration: ``cg_steps``, plus ``nystrom_rank`` when
       the preconditioner was rebuilt.
-    cg_exit: a :class:`trncg_jax.CGExit`.
+    cg_status: a :class:`trncg_jax.CGStatus`.
     accepted: whether params moved.
-    result: a :class:`StepResult`.
+    status: a :class:`StepStatus`.
     aux: with ``has_aux``, the loss's aux output at the params returned by
       this update (the accepted point); ``None`` otherwise.
   """
@@ -364,9 +321,9 @@ class TRNCGInfo(NamedTuple):
   step_norm: jax.Array
   cg_steps: jax.Array
   hvps: jax.Array
-  cg_exit: jax.Array
+  cg_status: jax.Array
   accepted: jax.Array
-  result: jax.Array
+  status: jax.Array
   aux: Any = None
 
 
@@ -433,9 +390,9 @@ def init_state(params: Any, hyperparams: TRNCGHyperparams,
       loss=inf, grad_norm=inf, radius=hp.initial_radius, rho=zero,
       actual_reduction=zero, predicted_reduction=zero, step_norm=zero,
       cg_steps=jnp.zeros((), jnp.int32), hvps=jnp.zeros((), jnp.int32),
-      cg_exit=jnp.asarray(CGExit.CONVERGED, jnp.int32),
+      cg_status=jnp.asarray(CGStatus.CONVERGED, jnp.int32),
       accepted=jnp.asarray(False),
-      result=jnp.asarray(StepResult.ACCEPTED, jnp.int32), aux=aux)
+      status=jnp.asarray(StepStatus.ACCEPTED, jnp.int32), aux=aux)
   state = TRNCGState(
       count=jnp.zeros((), jnp.int32), value=inf,
       grad=optax.tree.zeros_like(params), radius=hp.initial_radius,
@@ -587,7 +544,7 @@ def trust_region_step(fun: Callable[[Any], Any], params: Any,
                                                         predicted + delta, 1.0),
                   -jnp.inf).astype(dtype)
   stationary = (cg.steps == 0) & current_finite
-  interior = ((cg.exit == CGExit.CONVERGED) | (cg.exit == CGExit.MAX_STEPS))
+  interior = ((cg.status == CGStatus.CONVERGED) | (cg.status == CGStatus.MAX_STEPS))
   # Nothing is left to win at this precision (a bounded stop, not idling):
   # the step is lost in the round-off of params (a radius shrunk to nothing),
   # or the model's own minimizer gains less than f can resolve and the
@@ -599,9 +556,9 @@ def trust_region_step(fun: Callable[[Any], Any], params: Any,
       | (interior & (predicted <= jnp.finfo(dtype).eps * jnp.abs(value))
          & ~(trial_grad_norm < grad_norm)))
   accepted = current_finite & ~stationary & (rho > hp.eta)
-  on_boundary = ((cg.exit == CGExit.NEGATIVE_CURVATURE)
-                 | (cg.exit == CGExit.HIT_BOUNDARY)
-                 | (cg.exit == CGExit.NON_FINITE))
+  on_boundary = ((cg.status == CGStatus.NEGATIVE_CURVATURE)
+                 | (cg.status == CGStatus.HIT_BOUNDARY)
+                 | (cg.status == CGStatus.NON_FINITE))
   new_radius = jnp.where(
       rho < hp.shrink_threshold, hp.shrink_factor * radius,
       jnp.where((rho > hp.expand_threshold) & on_boundary,
@@ -611,19 +568,19 @@ def trust_region_step(fun: Callable[[Any], Any], params: Any,
   updates = optax.tree.where(accepted, cg.step, optax.tree.zeros_like(cg.step))
   new_value = jnp.where(accepted, trial_value, value)
   new_grad = optax.tree.where(accepted, trial_grad, grad)
-  result = jnp.select(
+  status = jnp.select(
       [~current_finite, stationary, precision_limit, accepted, ~trial_finite],
-      [StepResult.NON_FINITE_CURRENT, StepResult.STATIONARY,
-       StepResult.PRECISION_LIMIT, StepResult.ACCEPTED,
-       StepResult.NON_FINITE_TRIAL],
-      StepResult.REJECTED).astype(jnp.int32)
+      [StepStatus.NON_FINITE_CURRENT, StepStatus.STATIONARY,
+       StepStatus.PRECISION_LIMIT, StepStatus.ACCEPTED,
+       StepStatus.NON_FINITE_TRIAL],
+      StepStatus.REJECTED).astype(jnp.int32)
   info = TRNCGInfo(
       loss=new_value, grad_norm=jnp.where(accepted, trial_grad_norm,
                                           grad_norm),
       radius=radius, rho=rho, actual_reduction=actual.astype(dtype),
       predicted_reduction=predicted.astype(dtype), step_norm=cg.step_norm,
-      cg_steps=cg.steps, hvps=cg.steps + sketch_hvps, cg_exit=cg.exit,
-      accepted=accepted, result=result,
+      cg_steps=cg.steps, hvps=cg.steps + sketch_hvps, cg_status=cg.status,
+      accepted=accepted, status=status,
       aux=optax.tree.where(accepted, trial_aux, aux))
   new_state = TRNCGState(
       count=state.count + 1, value=new_value, grad=new_grad,
@@ -632,27 +589,83 @@ def trust_region_step(fun: Callable[[Any], Any], params: Any,
   return updates, new_state
 
 
-def trncg_init(params: Any, *, aux: Any = None, **hyperparams) -> TRNCGState:
-  """Initializes the trust-region Newton-CG state.
+#: The defaults, for the signatures of :func:`trncg_init` and
+#: :func:`trncg_jax.trncg` (one place, the dataclass, defines them).
+DEFAULTS = TRNCGHyperparams()
+#: A float or an int hyperparameter: a Python number, or a scalar array (as
+#: ``optax.inject_hyperparams`` passes them).
+Float = Union[float, jax.Array]
+Int = Union[int, jax.Array]
+
+
+def hyperparams_from(options: dict) -> TRNCGHyperparams:
+  """Validated :class:`TRNCGHyperparams` from the keyword options of
+  :func:`trncg_init` or :func:`trncg_jax.trncg` (their ``locals()``).
+
+  ``nystrom_rank`` selects code, but ``optax.inject_hyperparams`` passes
+  every int as an array: a concrete one becomes an int, and a traced one (in
+  an injected update) only passes validation, since the update takes the
+  code-selecting fields from the state.
+  """
+  fields = {f.name for f in dataclasses.fields(TRNCGHyperparams)}
+  options = {k: v for k, v in options.items() if k in fields}
+  rank = options["nystrom_rank"]
+  if isinstance(rank, jax.core.Tracer):
+    options["nystrom_rank"] = 0
+  elif (isinstance(rank, (jax.Array, np.ndarray)) and np.ndim(rank) == 0
+        and jnp.issubdtype(rank.dtype, jnp.integer)):
+    options["nystrom_rank"] = int(rank)
+  return TRNCGHyperparams(**options).validate()
+
+
+@named_options
+def trncg_init(params: Any, *, aux: Any = None,
+               initial_radius: Float = DEFAULTS.initial_radius,
+               max_radius: Float = DEFAULTS.max_radius,
+               eta: Float = DEFAULTS.eta,
+               cg_tol: Float = DEFAULTS.cg_tol,
+               inexact_newton: bool = DEFAULTS.inexact_newton,
+               forcing_power: Float = DEFAULTS.forcing_power,
+               max_cg_steps: Int = DEFAULTS.max_cg_steps,
+               nystrom_refresh: Int = DEFAULTS.nystrom_refresh,
+               nystrom_damping: Float = DEFAULTS.nystrom_damping,
+               dense_damping: Float = DEFAULTS.dense_damping,
+               shrink_factor: Float = DEFAULTS.shrink_factor,
+               expand_factor: Float = DEFAULTS.expand_factor,
+               shrink_threshold: Float = DEFAULTS.shrink_threshold,
+               expand_threshold: Float = DEFAULTS.expand_threshold,
+               hvp_mode: str = DEFAULTS.hvp_mode,
+               has_aux: bool = DEFAULTS.has_aux,
+               nystrom_rank: Int = DEFAULTS.nystrom_rank,
+               solver: str = DEFAULTS.solver) -> TRNCGState:
+  """Initializes the trust-region Newton-CG state for :func:`trncg_update`.
+
+  The keyword options are the fields of :class:`TRNCGHyperparams`, which
+  documents each one's meaning, default and range. They are stored in the
+  state as arrays (``state.hyperparams``), so new values
+  (``state.hyperparams.replace(eta=0.1)``) never recompile.
 
   Args:
     params: a pytree of float arrays (float32 or float64).
     aux: with ``has_aux=True`` only, an example of the loss's aux output,
       e.g. ``jax.eval_shape(loss_fn, params, *args)[1]``.
-    **hyperparams: the fields of :class:`TRNCGHyperparams`; checked here, with
-      a ``ValueError`` naming any parameter out of its range.
 
   Returns:
     A :class:`TRNCGState`.
 
+  Raises:
+    ValueError: naming an option outside its range.
+    TypeError: for an unknown option (the message lists the valid ones) or
+      non-float params.
+
   Examples:
     >>> import jax.numpy as jnp
     >>> import trncg_jax
-    >>> state = trncg_jax.trncg_init(jnp.zeros(3), initial_radius=1.0)
+    >>> state = trncg_jax.trncg_init(jnp.zeros(3), initial_radius=0.5)
     >>> float(state.radius)
-    1.0
+    0.5
   """
-  return init_state(params, TRNCGHyperparams(**hyperparams).validate(), aux)
+  return init_state(params, hyperparams_from(locals()), aux)
 
 
 def trncg_update(params: Any, state: TRNCGState,
