@@ -56,12 +56,28 @@ SCIPY_SECONDS = 120.0
 #: call of a new executable pays one-time costs (allocations, code loading)
 #: of about 0.3 ms, as large as a whole solve of a small problem.
 RERUN_BELOW_SECONDS = 1.0
-SOLVERS = ("trncg", "scipy-trust-ncg", "scipy-trust-krylov", "optax-lbfgs",
-           "optimistix-bfgs")
+SOLVERS = (
+  "trncg",
+  "scipy-trust-ncg",
+  "scipy-trust-krylov",
+  "optax-lbfgs",
+  "optimistix-bfgs",
+)
 #: ``--quick``: the problems the issue names as failures, and a few easy ones.
-QUICK = ("QUARTC", "BROWNBS", "NONCVXU2", "LUKSAN15LS", "GAUSS3LS",
-         "KIRBY2LS", "PALMER3C", "ROSENBR", "BEALE", "DENSCHNA", "HIMMELBF",
-         "ARWHEAD")
+QUICK = (
+  "QUARTC",
+  "BROWNBS",
+  "NONCVXU2",
+  "LUKSAN15LS",
+  "GAUSS3LS",
+  "KIRBY2LS",
+  "PALMER3C",
+  "ROSENBR",
+  "BEALE",
+  "DENSCHNA",
+  "HIMMELBF",
+  "ARWHEAD",
+)
 
 
 def load_problems() -> list:
@@ -69,8 +85,9 @@ def load_problems() -> list:
   (which builds every other problem set)."""
   spec = importlib.util.find_spec("sif2jax")
   if spec is None:
-    raise ImportError("benchmarks.cutest needs sif2jax: pip install -e "
-                      "'.[cutest]'")
+    raise ImportError(
+      "benchmarks.cutest needs sif2jax: pip install -e '.[cutest]'"
+    )
   root = pathlib.Path(list(spec.submodule_search_locations)[0])
   for name, path in (("sif2jax", root), ("sif2jax.cutest", root / "cutest")):
     if name not in sys.modules:  # an empty package: its __init__ is skipped
@@ -103,21 +120,32 @@ def _grad_norm(fun, y) -> float:
 
 def run_solve(fun, y0, optimizer, name) -> tuple:
   """trncg or optax.lbfgs in ``trncg_jax.solve``."""
-  res = trncg_jax.solve(fun, y0, optimizer=optimizer, max_steps=MAX_ITERATIONS,
-                        grad_tol=GTOL)
+  res = trncg_jax.solve(
+    fun, y0, optimizer=optimizer, max_steps=MAX_ITERATIONS, grad_tol=GTOL
+  )
   compile_seconds = res.compile_seconds
   if res.run_seconds < RERUN_BELOW_SECONDS:  # solve keeps the compiled loop
-    res = trncg_jax.solve(fun, y0, optimizer=optimizer,
-                          max_steps=MAX_ITERATIONS, grad_tol=GTOL)
+    res = trncg_jax.solve(
+      fun, y0, optimizer=optimizer, max_steps=MAX_ITERATIONS, grad_tol=GTOL
+    )
   h = res.history
   if name == "trncg":
     # One value-and-gradient at the start and one per trial point.
     gradients, hvps = 1 + res.num_steps, int(h["hvps"][1:].sum())
   else:  # each zoom line-search step is one value-and-gradient
-    gradients, hvps = 1 + int(np.maximum(h["num_linesearch_steps"][1:],
-                                         1).sum()), 0
-  return (res.params, res.num_steps, gradients, hvps, compile_seconds,
-          res.run_seconds, res.status.name)
+    gradients, hvps = (
+      1 + int(np.maximum(h["num_linesearch_steps"][1:], 1).sum()),
+      0,
+    )
+  return (
+    res.params,
+    res.num_steps,
+    gradients,
+    hvps,
+    compile_seconds,
+    res.run_seconds,
+    res.status.name,
+  )
 
 
 def run_scipy(fun, y0, method) -> tuple:
@@ -139,31 +167,46 @@ def run_scipy(fun, y0, method) -> tuple:
   def minimize():
     start = time.perf_counter()
     res = scipy.optimize.minimize(
-        lambda x: float(value(x)), x0, jac=lambda x: np.asarray(grad(x)),
-        hessp=lambda x, p: np.asarray(hessp(x, p)), method=method,
-        callback=callback, options=dict(gtol=GTOL, maxiter=MAX_ITERATIONS))
+      lambda x: float(value(x)),
+      x0,
+      jac=lambda x: np.asarray(grad(x)),
+      hessp=lambda x, p: np.asarray(hessp(x, p)),
+      method=method,
+      callback=callback,
+      options=dict(gtol=GTOL, maxiter=MAX_ITERATIONS),
+    )
     return res, time.perf_counter() - start
 
   res, run_seconds = minimize()
   if run_seconds < RERUN_BELOW_SECONDS:
     deadline = time.perf_counter() + SCIPY_SECONDS
     res, run_seconds = minimize()
-  return (jnp.asarray(res.x), int(res.nit), int(res.njev), int(res.nhev),
-          compile_seconds, run_seconds, f"{res.status}: {res.message}")
+  return (
+    jnp.asarray(res.x),
+    int(res.nit),
+    int(res.njev),
+    int(res.nhev),
+    compile_seconds,
+    run_seconds,
+    f"{res.status}: {res.message}",
+  )
 
 
 def run_optimistix(fun, y0) -> tuple:
   import optimistix as optx  # pylint: disable=g-import-not-at-top
+
   solver = optx.BFGS(rtol=1e-12, atol=1e-12)
 
   def minimise(y0):
-    sol = optx.minimise(lambda y, _: fun(y), solver, y0,
-                        max_steps=MAX_ITERATIONS, throw=False)
+    sol = optx.minimise(
+      lambda y, _: fun(y), solver, y0, max_steps=MAX_ITERATIONS, throw=False
+    )
     return sol.value, sol.stats["num_steps"], sol.result._value  # noqa: SLF001
 
   start = time.perf_counter()
   compiled = jax.jit(minimise).lower(y0).compile()
   compile_seconds = time.perf_counter() - start
+
   def call():
     start = time.perf_counter()
     out = jax.block_until_ready(compiled(y0))
@@ -174,8 +217,15 @@ def run_optimistix(fun, y0) -> tuple:
     (y, steps, result), run_seconds = call()
   steps = int(steps)
   # One value-and-gradient per step, and one at the start.
-  return (y, steps, steps + 1, 0, compile_seconds, run_seconds,
-          f"result {int(result)}")
+  return (
+    y,
+    steps,
+    steps + 1,
+    0,
+    compile_seconds,
+    run_seconds,
+    f"result {int(result)}",
+  )
 
 
 def run_one(problem, solver: str) -> Outcome:
@@ -191,17 +241,38 @@ def run_one(problem, solver: str) -> Outcome:
     elif solver == "optax-lbfgs":
       out = run_solve(fun, y0, optax.lbfgs(), solver)
     elif solver.startswith("scipy-"):
-      out = run_scipy(fun, y0, solver[len("scipy-"):])
+      out = run_scipy(fun, y0, solver[len("scipy-") :])
     else:
       out = run_optimistix(fun, y0)
   except Exception as err:  # pylint: disable=broad-except
     # A failure of the solver on this problem is a result, not a crash.
-    return Outcome(problem.name, y0.size, solver, math.nan, math.nan, 0, 0, 0,
-                   0.0, 0.0, f"error: {type(err).__name__}: {err}"[:200])
+    return Outcome(
+      problem.name,
+      y0.size,
+      solver,
+      math.nan,
+      math.nan,
+      0,
+      0,
+      0,
+      0.0,
+      0.0,
+      f"error: {type(err).__name__}: {err}"[:200],
+    )
   y, iterations, gradients, hvps, compile_s, run_s, status = out
-  return Outcome(problem.name, int(y0.size), solver, float(fun(y)),
-                 _grad_norm(fun, y), iterations, gradients + hvps, hvps,
-                 compile_s, run_s, status)
+  return Outcome(
+    problem.name,
+    int(y0.size),
+    solver,
+    float(fun(y)),
+    _grad_norm(fun, y),
+    iterations,
+    gradients + hvps,
+    hvps,
+    compile_s,
+    run_s,
+    status,
+  )
 
 
 def traces(problem, max_n: int) -> bool:
@@ -229,10 +300,14 @@ def best_values(rows: list[Outcome]) -> dict:
 def solved_flags(rows: list[Outcome]) -> dict:
   """``{(problem, solver): solved}`` by the issue's rule."""
   best = best_values(rows)
-  return {(r.problem, r.solver): bool(
-      np.isfinite(r.f) and r.grad_norm <= GTOL
-      and r.f <= best[r.problem] + 1e-6 * max(1.0, abs(best[r.problem])))
-          for r in rows}
+  return {
+    (r.problem, r.solver): bool(
+      np.isfinite(r.f)
+      and r.grad_norm <= GTOL
+      and r.f <= best[r.problem] + 1e-6 * max(1.0, abs(best[r.problem]))
+    )
+    for r in rows
+  }
 
 
 def profile(rows, solved, metric: str, solvers) -> dict:
@@ -241,8 +316,11 @@ def profile(rows, solved, metric: str, solvers) -> dict:
   by = {(r.problem, r.solver): r for r in rows}
   ratios = {s: [] for s in solvers}
   for p in problems:
-    costs = {s: getattr(by[p, s], metric) for s in solvers
-             if (p, s) in by and solved[p, s]}
+    costs = {
+      s: getattr(by[p, s], metric)
+      for s in solvers
+      if (p, s) in by and solved[p, s]
+    }
     if not costs:
       continue  # no solver solved it: it counts for none
     low = max(min(costs.values()), 1e-12)
@@ -253,56 +331,76 @@ def profile(rows, solved, metric: str, solvers) -> dict:
 
 def summary(rows, solved, solvers) -> str:
   problems = sorted({r.problem for r in rows})
-  any_solved = sum(any(solved.get((p, s), False) for s in solvers)
-                   for p in problems)
+  any_solved = sum(
+    any(solved.get((p, s), False) for s in solvers) for p in problems
+  )
   time_ratios = profile(rows, solved, "run_seconds", solvers)
   eval_ratios = profile(rows, solved, "evaluations", solvers)
   lines = [
-      f"{len(problems)} problems; {any_solved} solved by at least one solver."
-      f" Solved: ||g|| <= {GTOL:g} and f within 1e-6 max(1, |f_best|) of the"
-      " best f found.", "",
-      "| solver | solved | % of those any solver solved | median time ratio "
-      "to best | median evaluation ratio to best | compile s (total) |",
-      "| --- | --- | --- | --- | --- | --- |"]
+    f"{len(problems)} problems; {any_solved} solved by at least one solver."
+    f" Solved: ||g|| <= {GTOL:g} and f within 1e-6 max(1, |f_best|) of the"
+    " best f found.",
+    "",
+    "| solver | solved | % of those any solver solved | median time ratio "
+    "to best | median evaluation ratio to best | compile s (total) |",
+    "| --- | --- | --- | --- | --- | --- |",
+  ]
   for s in solvers:
     count = sum(solved.get((p, s), False) for p in problems)
     finite_t = [r for r in time_ratios[s] if np.isfinite(r)]
     finite_e = [r for r in eval_ratios[s] if np.isfinite(r)]
     compile_total = sum(r.compile_seconds for r in rows if r.solver == s)
     lines.append(
-        f"| {s} | {count} | {100 * count / max(any_solved, 1):.0f} % | "
-        f"{np.median(finite_t) if finite_t else math.nan:.2f} | "
-        f"{np.median(finite_e) if finite_e else math.nan:.2f} | "
-        f"{compile_total:.0f} |")
-  failures = [r for r in rows if r.solver == "trncg"
-              and not solved[r.problem, r.solver]]
-  lines += ["", f"Problems trncg does not solve ({len(failures)}):", "",
-            "| problem | n | f | best f | ‖g‖ | iterations | status | solved "
-            "by |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+      f"| {s} | {count} | {100 * count / max(any_solved, 1):.0f} % | "
+      f"{np.median(finite_t) if finite_t else math.nan:.2f} | "
+      f"{np.median(finite_e) if finite_e else math.nan:.2f} | "
+      f"{compile_total:.0f} |"
+    )
+  failures = [
+    r for r in rows if r.solver == "trncg" and not solved[r.problem, r.solver]
+  ]
+  lines += [
+    "",
+    f"Problems trncg does not solve ({len(failures)}):",
+    "",
+    "| problem | n | f | best f | ‖g‖ | iterations | status | solved by |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
   best = best_values(rows)
   for r in failures:
     others = [s for s in solvers if solved.get((r.problem, s), False)]
-    lines.append(f"| {r.problem} | {r.n} | {r.f:.6g} | "
-                 f"{best.get(r.problem, math.nan):.6g} | {r.grad_norm:.2e} | "
-                 f"{r.iterations} | {r.status} | {', '.join(others) or 'none'}"
-                 " |")
+    lines.append(
+      f"| {r.problem} | {r.n} | {r.f:.6g} | "
+      f"{best.get(r.problem, math.nan):.6g} | {r.grad_norm:.2e} | "
+      f"{r.iterations} | {r.status} | {', '.join(others) or 'none'}"
+      " |"
+    )
   return "\n".join(lines) + "\n"
 
 
 def plot_profiles(rows, solved, solvers, path: pathlib.Path) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   for ax, metric, label in zip(
-      axes, ("run_seconds", "evaluations"),
-      ("run time (compile excluded)", "gradient + HVP evaluations")):
+    axes,
+    ("run_seconds", "evaluations"),
+    ("run time (compile excluded)", "gradient + HVP evaluations"),
+  ):
     ratios = profile(rows, solved, metric, solvers)
     taus = np.logspace(0, 3, 300)
     for s in solvers:
       r = np.asarray(ratios[s])
-      ax.step(taus, [np.mean(r <= t) if r.size else 0 for t in taus],
-              where="post", label=s, lw=2 if s == "trncg" else 1.2)
+      ax.step(
+        taus,
+        [np.mean(r <= t) if r.size else 0 for t in taus],
+        where="post",
+        label=s,
+        lw=2 if s == "trncg" else 1.2,
+      )
     ax.set_xscale("log")
     ax.set_xlabel(r"$\tau$ (ratio to the best solver)")
     ax.set_ylabel(r"fraction of problems within $\tau$ of the best")
@@ -317,22 +415,30 @@ def plot_profiles(rows, solved, solvers, path: pathlib.Path) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help=f"only {len(QUICK)} problems: {', '.join(QUICK)}")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help=f"only {len(QUICK)} problems: {', '.join(QUICK)}",
+  )
   parser.add_argument("--problems", nargs="*", help="problem names")
   parser.add_argument("--max-n", type=int, default=5000)
-  parser.add_argument("--solvers", nargs="*", default=list(SOLVERS),
-                      choices=SOLVERS)
+  parser.add_argument(
+    "--solvers", nargs="*", default=list(SOLVERS), choices=SOLVERS
+  )
   parser.add_argument("--out", default="results/latest/cutest")
   args = parser.parse_args(argv)
   jax.config.update("jax_enable_x64", True)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   wanted = set(args.problems or (QUICK if args.quick else ()))
-  problems = [p for p in load_problems()
-              if (not wanted or p.name in wanted) and traces(p, args.max_n)]
-  print(f"{len(problems)} problems, solvers: {', '.join(args.solvers)}",
-        flush=True)
+  problems = [
+    p
+    for p in load_problems()
+    if (not wanted or p.name in wanted) and traces(p, args.max_n)
+  ]
+  print(
+    f"{len(problems)} problems, solvers: {', '.join(args.solvers)}", flush=True
+  )
   rows = []
   csv_path = out / "cutest.csv"
   with open(csv_path, "w", newline="") as f:
@@ -344,17 +450,20 @@ def main(argv=None) -> None:
         rows.append(row)
         writer.writerow(row)
         f.flush()
-        print(f"[{i + 1}/{len(problems)}] {row.problem:>12} n={row.n:<5} "
-              f"{solver:>18}: f={row.f:.6g} |g|={row.grad_norm:.1e} "
-              f"its={row.iterations} {row.run_seconds:.2f}s "
-              f"(+{row.compile_seconds:.1f}s compile) {row.status[:40]}",
-              flush=True)
+        print(
+          f"[{i + 1}/{len(problems)}] {row.problem:>12} n={row.n:<5} "
+          f"{solver:>18}: f={row.f:.6g} |g|={row.grad_norm:.1e} "
+          f"its={row.iterations} {row.run_seconds:.2f}s "
+          f"(+{row.compile_seconds:.1f}s compile) {row.status[:40]}",
+          flush=True,
+        )
       jax.clear_caches()  # one problem's programs are not needed again
   solved = solved_flags(rows)
   text = summary(rows, solved, args.solvers)
   (out / "cutest.md").write_text(
-      f"# CUTEst (sif2jax), float64\n\n{trncg_jax.__version__}, "
-      f"{time.strftime('%Y-%m-%d')}, machine: {_machine()}\n\n{text}")
+    f"# CUTEst (sif2jax), float64\n\n{trncg_jax.__version__}, "
+    f"{time.strftime('%Y-%m-%d')}, machine: {_machine()}\n\n{text}"
+  )
   plot_profiles(rows, solved, args.solvers, out / "cutest_profile.png")
   print(text)
   print(f"wrote {csv_path}, {out / 'cutest.md'}, {out / 'cutest_profile.png'}")
@@ -362,6 +471,7 @@ def main(argv=None) -> None:
 
 def _machine() -> str:
   from benchmarks.paper import machine  # pylint: disable=g-import-not-at-top
+
   return machine()
 
 

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 import trncg_jax
-from benchmarks import paper, problems as P
+from benchmarks import paper
+from benchmarks import problems as P
 
 
 def time_call(fn, *args, reps):
@@ -39,6 +40,7 @@ def hvp_loop(fun, k, mode=trncg_jax.hvp.FORWARD_OVER_REVERSE, scale=1e-3):
   """A jitted ``(params, v) -> (scale H)^k v``: ``k`` products in one
   ``lax.fori_loop``, as in CG (``linearize`` linearizes once, outside it).
   The default ``scale`` keeps repeated products finite; ``None`` skips it."""
+
   def product(hvp, w):
     w = hvp(w)
     return w if scale is None else jax.tree.map(lambda a: scale * a, w)
@@ -46,6 +48,7 @@ def hvp_loop(fun, k, mode=trncg_jax.hvp.FORWARD_OVER_REVERSE, scale=1e-3):
   def run(p, v):
     hvp = trncg_jax.hvp.make_hvp(fun, p, mode)
     return jax.lax.fori_loop(0, k, lambda i, w: product(hvp, w), v)
+
   return jax.jit(run)
 
 
@@ -55,12 +58,15 @@ def measure(fun, params, ks=(1, 20), reps=10):
   v = jax.tree.map(jnp.ones_like, params)
   out = {}
   for mode in trncg_jax.hvp.HESSIAN_MODES:
-    out[mode] = {k: time_call(hvp_loop(fun, k, mode), params, v, reps=reps)
-                 / k / grad_time for k in ks}
+    out[mode] = {
+      k: time_call(hvp_loop(fun, k, mode), params, v, reps=reps) / k / grad_time
+      for k in ks
+    }
   return out, grad_time
 
 
 def main(argv=None):
+  jax.config.update("jax_enable_x64", True)  # as the paper benchmark runs
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--points", type=int, default=10_000)
   parser.add_argument("--reps", type=int, default=10)
@@ -71,19 +77,27 @@ def main(argv=None):
   data = P.heat_collocation(args.points)
   heat_loss = P.heat_loss_fn(apply)
   cases = {
-      "N_e fit (1,131 params)": (lambda p: elem.loss(p, *elem.train), elem.params),
-      "heat PINN N_p (2,521 params)": (lambda p: heat_loss(p, data), params),
+    "N_e fit (1,131 params)": (
+      lambda p: elem.loss(p, *elem.train),
+      elem.params,
+    ),
+    "heat PINN N_p (2,521 params)": (lambda p: heat_loss(p, data), params),
   }
   results = {"machine": paper.machine(), "points": args.points, "cases": {}}
-  lines = [f"HVP cost / gradient cost, {args.points} points; {results['machine']}",
-           "", "| loss | gradient (ms) | mode | k=1 | k=20 (per HVP) |",
-           "| --- | --- | --- | --- | --- |"]
+  lines = [
+    f"HVP cost / gradient cost, {args.points} points; {results['machine']}",
+    "",
+    "| loss | gradient (ms) | mode | k=1 | k=20 (per HVP) |",
+    "| --- | --- | --- | --- | --- |",
+  ]
   for name, (fun, p) in cases.items():
     ratios, grad_time = measure(fun, p, reps=args.reps)
     results["cases"][name] = {"grad_ms": 1e3 * grad_time, "ratios": ratios}
     for mode, by_k in ratios.items():
-      lines.append(f"| {name} | {1e3 * grad_time:.2f} | {mode} | "
-                   f"{by_k[1]:.2f} | {by_k[20]:.2f} |")
+      lines.append(
+        f"| {name} | {1e3 * grad_time:.2f} | {mode} | "
+        f"{by_k[1]:.2f} | {by_k[20]:.2f} |"
+      )
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   (out / "hvp_modes.json").write_text(json.dumps(results, indent=1))

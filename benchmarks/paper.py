@@ -25,15 +25,12 @@ import time
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-jax.config.update("jax_enable_x64", True)  # the smooth heat problem runs in float64
-
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
-import optax  # pylint: disable=g-import-not-at-top
-
-import trncg_jax  # pylint: disable=g-import-not-at-top
-from benchmarks import problems as P  # pylint: disable=g-import-not-at-top
+import trncg_jax
+from benchmarks import problems as P
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +39,10 @@ class Size:
 
   n_train: int
   n_test: int
-  max_steps: dict            # per optimizer, elementary functions
+  max_steps: dict  # per optimizer, elementary functions
   pinn_points: int
   pinn_test: int
-  pinn_steps: int            # trncg's steps; the others get its wall-clock
+  pinn_steps: int  # trncg's steps; the others get its wall-clock
   smooth_steps: int
   fd_n: int
   fd_dt: float
@@ -56,29 +53,70 @@ class Size:
 # Adam keeps the paper's cap of 25,001 iterations even at the small size: it
 # is the optimizer the targets compare against, and a lower cap would end its
 # runs before they could reach the target.
-SMALL = Size(n_train=1_000, n_test=1_000,
-             max_steps=dict(trncg_paper=1_000, trncg=1_000, trncg_gn=1_000,
-                            trncg_gn_nystrom=1_000, adam=25_001, lbfgs=2_000,
-                            nonlinear_cg=1_000),
-             pinn_points=1_000, pinn_test=10_000, pinn_steps=50,
-             smooth_steps=50, fd_n=101, fd_dt=5e-3)
-FULL = Size(n_train=10_000, n_test=10_000,
-            max_steps=dict.fromkeys(SMALL.max_steps, 25_001),
-            pinn_points=10_000, pinn_test=100_000, pinn_steps=3_000,
-            smooth_steps=3_000, fd_n=401, fd_dt=1e-3)
+SMALL = Size(
+  n_train=1_000,
+  n_test=1_000,
+  max_steps=dict(
+    trncg_paper=1_000,
+    trncg=1_000,
+    trncg_gn=1_000,
+    trncg_gn_nystrom=1_000,
+    adam=25_001,
+    lbfgs=2_000,
+    nonlinear_cg=1_000,
+  ),
+  pinn_points=1_000,
+  pinn_test=10_000,
+  pinn_steps=50,
+  smooth_steps=50,
+  fd_n=101,
+  fd_dt=5e-3,
+)
+FULL = Size(
+  n_train=10_000,
+  n_test=10_000,
+  max_steps=dict.fromkeys(SMALL.max_steps, 25_001),
+  pinn_points=10_000,
+  pinn_test=100_000,
+  pinn_steps=3_000,
+  smooth_steps=3_000,
+  fd_n=401,
+  fd_dt=1e-3,
+)
 #: A few iterations of every path, for tests and the notebooks in CI.
-TINY = Size(n_train=200, n_test=200,
-            max_steps=dict(trncg_paper=15, trncg=15, trncg_gn=15,
-                           trncg_gn_nystrom=15, adam=40, lbfgs=15,
-                           nonlinear_cg=15),
-            pinn_points=300, pinn_test=500, pinn_steps=4, smooth_steps=4,
-            fd_n=33, fd_dt=2e-2, functions=("linear", "sin10"))
+TINY = Size(
+  n_train=200,
+  n_test=200,
+  max_steps=dict(
+    trncg_paper=15,
+    trncg=15,
+    trncg_gn=15,
+    trncg_gn_nystrom=15,
+    adam=40,
+    lbfgs=15,
+    nonlinear_cg=15,
+  ),
+  pinn_points=300,
+  pinn_test=500,
+  pinn_steps=4,
+  smooth_steps=4,
+  fd_n=33,
+  fd_dt=2e-2,
+  functions=("linear", "sin10"),
+)
 
 LOSS_TARGET = 1e-6  # the paper's stopping rule for the elementary functions
 # Granularity of an equal time budget (see run_for): 10 cheap steps, or one
 # trust-region step, which may take hundreds of HVPs.
-CHUNK_STEPS = dict(trncg=1, trncg_paper=1, trncg_gn=1, trncg_gn_nystrom=1,
-                   adam=10, lbfgs=10, nonlinear_cg=10)
+CHUNK_STEPS = dict(
+  trncg=1,
+  trncg_paper=1,
+  trncg_gn=1,
+  trncg_gn_nystrom=1,
+  adam=10,
+  lbfgs=10,
+  nonlinear_cg=10,
+)
 
 
 def make_optimizers() -> dict:
@@ -95,26 +133,27 @@ def make_optimizers() -> dict:
   curvature: every loss here is a sum of squares (``trncg_jax.LeastSquares``),
   and ``2 J^T J`` is positive semidefinite and cheaper to apply than the
   Hessian, which for a PINN holds third derivatives of the network in its
-  inputs. It keeps the paper's CG tolerance: measured (README, perf (f)), the
+  inputs. It keeps the paper's CG tolerance: measured (docs/benchmarks.md, perf (f)), the
   inexact rule that helps Newton stalls Gauss-Newton on sin(10x) in float32
   and doubles its time on sin(5x), while accurate Gauss-Newton steps reach
   1e-6 on all six functions in 20-250 iterations. ``trncg_gn_nystrom``
   preconditions its CG with a rank-50 Nystrom sketch of the Gauss-Newton
   matrix (``trncg_jax.preconditioner.nystrom``), refreshed every 10 iterations: 50 HVPs per
-  refresh, repaid where CG runs long (sin(10x), the PINNs; README,
+  refresh, repaid where CG runs long (sin(10x), the PINNs; docs/benchmarks.md,
   Performance (e) and (f)).
   """
   paper_hp = trncg_jax.PAPER_HYPERPARAMS
   gauss_newton = dict(paper_hp, hvp_mode=trncg_jax.hvp.GAUSS_NEWTON)
   return {
-      "trncg_paper": trncg_jax.trncg(**paper_hp),
-      "trncg": trncg_jax.trncg(**dict(paper_hp, inexact_newton=True,
-                                      forcing_power=0.5)),
-      "trncg_gn": trncg_jax.trncg(**gauss_newton),
-      "trncg_gn_nystrom": trncg_jax.trncg(**gauss_newton, nystrom_rank=50),
-      "adam": optax.adam(1e-3),
-      "lbfgs": optax.lbfgs(),
-      "nonlinear_cg": trncg_jax.nonlinear_cg(),
+    "trncg_paper": trncg_jax.trncg(**paper_hp),
+    "trncg": trncg_jax.trncg(
+      **dict(paper_hp, inexact_newton=True, forcing_power=0.5)
+    ),
+    "trncg_gn": trncg_jax.trncg(**gauss_newton),
+    "trncg_gn_nystrom": trncg_jax.trncg(**gauss_newton, nystrom_rank=50),
+    "adam": optax.adam(1e-3),
+    "lbfgs": optax.lbfgs(),
+    "nonlinear_cg": trncg_jax.nonlinear_cg(),
   }
 
 
@@ -129,20 +168,39 @@ def work_counts(history: dict, num_steps: int) -> tuple[int, int]:
 
 
 def _run(loss, params, args, optimizer, steps, desc, progress, **tols):
-  return trncg_jax.solve(loss, params, *args, optimizer=optimizer,
-                         max_steps=steps, progress=progress, desc=desc, **tols)
+  return trncg_jax.solve(
+    loss,
+    params,
+    *args,
+    optimizer=optimizer,
+    max_steps=steps,
+    progress=progress,
+    desc=desc,
+    **tols,
+  )
 
 
 def _record(res, problem, name, extra):
   grads, hvps = work_counts(res.history, res.num_steps)
-  out = dict(problem=problem, optimizer=name, iterations=res.num_steps,
-             status=res.status.name, wall_seconds=res.run_seconds,
-             compile_seconds=res.compile_seconds, gradients=grads, hvps=hvps,
-             final_train_loss=float(res.history["loss"][-1]), **extra)
-  print(f"{problem:>12s} {name:>12s}: {res.num_steps:6d} its {res.status.name:9s}"
-        f" loss {out['final_train_loss']:.2e} rel.L2 {out['relative_l2']:.2e}"
-        f" {res.run_seconds:7.2f} s (+{res.compile_seconds:.1f} s compile)"
-        f" grads {grads} HVPs {hvps}", flush=True)
+  out = dict(
+    problem=problem,
+    optimizer=name,
+    iterations=res.num_steps,
+    status=res.status.name,
+    wall_seconds=res.run_seconds,
+    compile_seconds=res.compile_seconds,
+    gradients=grads,
+    hvps=hvps,
+    final_train_loss=float(res.history["loss"][-1]),
+    **extra,
+  )
+  print(
+    f"{problem:>12s} {name:>12s}: {res.num_steps:6d} its {res.status.name:9s}"
+    f" loss {out['final_train_loss']:.2e} rel.L2 {out['relative_l2']:.2e}"
+    f" {res.run_seconds:7.2f} s (+{res.compile_seconds:.1f} s compile)"
+    f" grads {grads} HVPs {hvps}",
+    flush=True,
+  )
   out["history"] = {k: np.asarray(v).tolist() for k, v in res.history.items()}
   return out
 
@@ -153,56 +211,103 @@ def run_elementary(size: Size, optimizers: dict, progress: bool = True):
   for fname in size.functions:
     prob = P.elementary_problem(fname, size.n_train, size.n_test)
     x_test, y_test = prob.test
-    fits[fname] = {"x": np.asarray(x_test[:, 0]), "true": np.asarray(y_test[:, 0])}
+    fits[fname] = {
+      "x": np.asarray(x_test[:, 0]),
+      "true": np.asarray(y_test[:, 0]),
+    }
     for name, opt in optimizers.items():
-      res = _run(prob.loss, prob.params, prob.train, opt, size.max_steps[name],
-                 f"{fname}/{name}", progress, loss_tol=LOSS_TARGET)
+      res = _run(
+        prob.loss,
+        prob.params,
+        prob.train,
+        opt,
+        size.max_steps[name],
+        f"{fname}/{name}",
+        progress,
+        loss_tol=LOSS_TARGET,
+      )
       pred = prob.apply(res.params, x_test)
       fits[fname][name] = np.asarray(pred[:, 0])
-      results.append(_record(res, fname, name, dict(
-          test_loss=float(jnp.mean((pred - y_test) ** 2)),
-          relative_l2=P.relative_l2(pred, y_test),
-          reached_target=bool(res.history["loss"][-1] <= LOSS_TARGET))))
+      results.append(
+        _record(
+          res,
+          fname,
+          name,
+          dict(
+            test_loss=float(jnp.mean((pred - y_test) ** 2)),
+            relative_l2=P.relative_l2(pred, y_test),
+            reached_target=bool(res.history["loss"][-1] <= LOSS_TARGET),
+          ),
+        )
+      )
   return results, fits
 
 
 def _heat_problem(size: Size, smooth: bool, dtype):
   apply, params = P.init_mlp(P.N_P_SIZES, seed=0, dtype=dtype)
-  data = P.heat_collocation(size.pinn_points, seed=0, smooth=smooth, dtype=dtype)
+  data = P.heat_collocation(
+    size.pinn_points, seed=0, smooth=smooth, dtype=dtype
+  )
   test_xy = P.latin_hypercube(size.pinn_test, [(0, 1), (0, 1)], seed=123)
   if smooth:
     reference = P.smooth_heat_exact(test_xy[:, 0], test_xy[:, 1], 1.0, xp=np)
   else:
     grid, u = P.heat_fd_reference(1.0, size.fd_n, size.fd_dt)
     reference = P.interpolate_grid(grid, u, test_xy)
-  test_points = jnp.asarray(np.concatenate(
-      [test_xy, np.ones((len(test_xy), 1))], axis=1), dtype)
+  test_points = jnp.asarray(
+    np.concatenate([test_xy, np.ones((len(test_xy), 1))], axis=1), dtype
+  )
   return apply, params, data, test_points, reference
 
 
-def run_for(seconds, loss, params, args, optimizer, chunk, desc, progress,
-            max_steps=None, **tols):
+def run_for(
+  seconds,
+  loss,
+  params,
+  args,
+  optimizer,
+  chunk,
+  desc,
+  progress,
+  max_steps=None,
+  **tols,
+):
   """Runs ``optimizer`` in chunks of ``chunk`` steps (one compiled loop)
   until its measured run time reaches ``seconds`` (or ``max_steps`` steps, or
   a tolerance is met); merges the chunks into one result, so every optimizer
   gets the same wall-clock budget."""
   max_steps = max_steps or 2**31 - 2
-  res = first = _run(loss, params, args, optimizer, min(chunk, max_steps),
-                     desc, progress, **tols)
+  res = first = _run(
+    loss, params, args, optimizer, min(chunk, max_steps), desc, progress, **tols
+  )
   history = {k: [v] for k, v in res.history.items()}
   run_seconds, steps = res.run_seconds, res.num_steps
-  while (run_seconds < seconds and steps < max_steps
-         and res.status == trncg_jax.SolveStatus.MAX_STEPS):
-    res = trncg_jax.solve(loss, res.params, *args, optimizer=optimizer,
-                          max_steps=min(chunk, max_steps - steps),
-                          state=res.state, desc=desc, **tols)
+  while (
+    run_seconds < seconds
+    and steps < max_steps
+    and res.status == trncg_jax.SolveStatus.MAX_STEPS
+  ):
+    res = trncg_jax.solve(
+      loss,
+      res.params,
+      *args,
+      optimizer=optimizer,
+      max_steps=min(chunk, max_steps - steps),
+      state=res.state,
+      desc=desc,
+      **tols,
+    )
     for k, v in res.history.items():
       history[k].append(v[1:])  # entry 0 repeats the previous chunk's last
     run_seconds += res.run_seconds
     steps += res.num_steps
   merged = {k: np.concatenate(v) for k, v in history.items()}
-  return res._replace(history=merged, num_steps=steps, run_seconds=run_seconds,
-                      compile_seconds=first.compile_seconds)
+  return res._replace(
+    history=merged,
+    num_steps=steps,
+    run_seconds=run_seconds,
+    compile_seconds=first.compile_seconds,
+  )
 
 
 def run_heat(size: Size, optimizers: dict, smooth: bool, progress: bool = True):
@@ -215,7 +320,9 @@ def run_heat(size: Size, optimizers: dict, smooth: bool, progress: bool = True):
   """
   dtype = jnp.float64 if smooth else jnp.float32
   problem = "heat_smooth" if smooth else "heat"
-  apply, params, data, test_points, reference = _heat_problem(size, smooth, dtype)
+  apply, params, data, test_points, reference = _heat_problem(
+    size, smooth, dtype
+  )
   loss = P.heat_loss_fn(apply)
   steps = size.smooth_steps if smooth else size.pinn_steps
   results, solutions = [], {}
@@ -226,16 +333,39 @@ def run_heat(size: Size, optimizers: dict, smooth: bool, progress: bool = True):
   for name in names:
     desc = f"{problem}/{name}"
     if budget is None:
-      res = _run(loss, params, (data,), optimizers[name], steps, desc, progress,
-                 min_radius=1e-12)
+      res = _run(
+        loss,
+        params,
+        (data,),
+        optimizers[name],
+        steps,
+        desc,
+        progress,
+        min_radius=1e-12,
+      )
       budget = res.run_seconds
     else:
-      res = run_for(budget, loss, params, (data,), optimizers[name],
-                    CHUNK_STEPS[name], desc, progress, min_radius=1e-12)
+      res = run_for(
+        budget,
+        loss,
+        params,
+        (data,),
+        optimizers[name],
+        CHUNK_STEPS[name],
+        desc,
+        progress,
+        min_radius=1e-12,
+      )
     pred = np.asarray(apply(res.params, test_points)[:, 0])
     solutions[name] = pred
-    results.append(_record(res, problem, name, dict(
-        relative_l2=P.relative_l2(pred, reference), budget_seconds=budget)))
+    results.append(
+      _record(
+        res,
+        problem,
+        name,
+        dict(relative_l2=P.relative_l2(pred, reference), budget_seconds=budget),
+      )
+    )
   solutions["reference"] = np.asarray(reference)
   solutions["xy"] = np.asarray(test_points[:, :2])
   return results, solutions
@@ -250,29 +380,37 @@ def machine() -> str:
         break
   except OSError:
     pass
-  return (f"{cpu}, {os.cpu_count()} cores, JAX {jax.__version__} "
-          f"({jax.default_backend()})")
+  return (
+    f"{cpu}, {os.cpu_count()} cores, JAX {jax.__version__} "
+    f"({jax.default_backend()})"
+  )
 
 
 def markdown_table(results: list[dict]) -> str:
-  head = ("| problem | optimizer | iterations | status | time (s) | compile (s)"
-          " | train loss | test loss | rel. L2 | gradients | HVPs |")
+  head = (
+    "| problem | optimizer | iterations | status | time (s) | compile (s)"
+    " | train loss | test loss | rel. L2 | gradients | HVPs |"
+  )
   rows = [head, "|" + " --- |" * 11]
   for r in results:
     rows.append(
-        f"| {r['problem']} | {r['optimizer']} | {r['iterations']} | "
-        f"{r['status']} | {r['wall_seconds']:.2f} | {r['compile_seconds']:.2f} | "
-        f"{r['final_train_loss']:.2e} | {r.get('test_loss', float('nan')):.2e} | "
-        f"{r['relative_l2']:.2e} | {r['gradients']} | {r['hvps']} |")
+      f"| {r['problem']} | {r['optimizer']} | {r['iterations']} | "
+      f"{r['status']} | {r['wall_seconds']:.2f} | {r['compile_seconds']:.2f} | "
+      f"{r['final_train_loss']:.2e} | {r.get('test_loss', float('nan')):.2e} | "
+      f"{r['relative_l2']:.2e} | {r['gradients']} | {r['hvps']} |"
+    )
   return "\n".join(rows)
 
 
-def verdicts(results: list[dict],
-             ours=("trncg", "trncg_gn", "trncg_gn_nystrom")) -> list[str]:
+def verdicts(
+  results: list[dict], ours=("trncg", "trncg_gn", "trncg_gn_nystrom")
+) -> list[str]:
   """The issue's targets, checked on this run's figures for each of ours."""
   by = {(r["problem"], r["optimizer"]): r for r in results}
   lines = []
-  for fname in {r["problem"] for r in results if not r["problem"].startswith("heat")}:
+  for fname in {
+    r["problem"] for r in results if not r["problem"].startswith("heat")
+  }:
     a = by.get((fname, "adam"))
     for name in ours:
       t = by.get((fname, name))
@@ -281,15 +419,20 @@ def verdicts(results: list[dict],
       # Adam's time to the target is unknown when it never got there: then
       # ours wins only if it was faster than Adam's whole capped run too.
       faster = t["iterations"] < a["iterations"] and (
-          t["wall_seconds"] < a["wall_seconds"])
+        t["wall_seconds"] < a["wall_seconds"]
+      )
       ok = t["reached_target"] and faster
-      adam = ("reached 1e-6" if a["reached_target"] else
-              f"did NOT reach 1e-6 (loss {a['final_train_loss']:.1e}) within")
+      adam = (
+        "reached 1e-6"
+        if a["reached_target"]
+        else f"did NOT reach 1e-6 (loss {a['final_train_loss']:.1e}) within"
+      )
       lines.append(
-          f"- {fname}: {name} {'meets' if ok else 'MISSES'} the target: "
-          f"loss {t['final_train_loss']:.1e} in {t['iterations']} its / "
-          f"{t['wall_seconds']:.2f} s; Adam {adam} {a['iterations']} its / "
-          f"{a['wall_seconds']:.2f} s")
+        f"- {fname}: {name} {'meets' if ok else 'MISSES'} the target: "
+        f"loss {t['final_train_loss']:.1e} in {t['iterations']} its / "
+        f"{t['wall_seconds']:.2f} s; Adam {adam} {a['iterations']} its / "
+        f"{a['wall_seconds']:.2f} s"
+      )
   for problem, bound in (("heat", 2e-2), ("heat_smooth", 1e-4)):
     a = by.get((problem, "adam"))
     for name in ours:
@@ -298,54 +441,90 @@ def verdicts(results: list[dict],
         continue
       # Without Adam in the run, only the bound can be judged.
       ok = t["relative_l2"] <= bound and (
-          a is None or t["relative_l2"] < a["relative_l2"])
-      adam = ("(Adam not run)" if a is None else
-              f"vs Adam {a['relative_l2']:.2e}")
+        a is None or t["relative_l2"] < a["relative_l2"]
+      )
+      adam = (
+        "(Adam not run)" if a is None else f"vs Adam {a['relative_l2']:.2e}"
+      )
       lines.append(
-          f"- {problem}: {name} rel. L2 {t['relative_l2']:.2e} {adam} at "
-          f"{t['budget_seconds']:.1f} s each; target <= {bound:g}: "
-          f"{'met' if ok else 'MISSED'}")
+        f"- {problem}: {name} rel. L2 {t['relative_l2']:.2e} {adam} at "
+        f"{t['budget_seconds']:.1f} s each; target <= {bound:g}: "
+        f"{'met' if ok else 'MISSED'}"
+      )
   return sorted(lines)
 
 
 def main(argv=None):
+  # The smooth heat problem runs in float64; set here, not at import, so that
+  # importing this module changes nothing for the importer.
+  jax.config.update("jax_enable_x64", True)
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--full", action="store_true", help="the paper's size")
-  parser.add_argument("--tiny", action="store_true",
-                      help="a few iterations of every path (smoke test)")
-  parser.add_argument("--out", default="results/latest/paper",
-                      help="output folder (git ignores the default; the "
-                      "committed figures in results/ come from --out results)")
-  parser.add_argument("--only", choices=["elementary", "heat", "smooth"],
-                      action="append", help="run only these parts")
+  parser.add_argument(
+    "--tiny",
+    action="store_true",
+    help="a few iterations of every path (smoke test)",
+  )
+  parser.add_argument(
+    "--out",
+    default="results/latest/paper",
+    help="output folder (git ignores the default; the "
+    "committed figures in results/ come from --out results)",
+  )
+  parser.add_argument(
+    "--only",
+    choices=["elementary", "heat", "smooth"],
+    action="append",
+    help="run only these parts",
+  )
   parser.add_argument("--no-progress", action="store_true")
-  parser.add_argument("--pinn-steps", type=int,
-                      help="trncg's steps on the heat PINNs (the time budget)")
+  parser.add_argument(
+    "--pinn-steps",
+    type=int,
+    help="trncg's steps on the heat PINNs (the time budget)",
+  )
   parser.add_argument("--pinn-points", type=int, help="collocation points")
-  parser.add_argument("--pinn-seconds", type=float,
-                      help="a fixed run-time budget per optimizer on the heat "
-                           "PINNs, instead of trncg's steps")
-  parser.add_argument("--optimizers", nargs="+", choices=list(make_optimizers()),
-                      help="run only these optimizers")
+  parser.add_argument(
+    "--pinn-seconds",
+    type=float,
+    help="a fixed run-time budget per optimizer on the heat "
+    "PINNs, instead of trncg's steps",
+  )
+  parser.add_argument(
+    "--optimizers",
+    nargs="+",
+    choices=list(make_optimizers()),
+    help="run only these optimizers",
+  )
   argv = sys.argv[1:] if argv is None else argv
   args = parser.parse_args(argv)
   size = FULL if args.full else TINY if args.tiny else SMALL
   if args.pinn_steps:
-    size = dataclasses.replace(size, pinn_steps=args.pinn_steps,
-                               smooth_steps=args.pinn_steps)
+    size = dataclasses.replace(
+      size, pinn_steps=args.pinn_steps, smooth_steps=args.pinn_steps
+    )
   if args.pinn_points:
     size = dataclasses.replace(size, pinn_points=args.pinn_points)
   if args.pinn_seconds:
     size = dataclasses.replace(size, pinn_seconds=args.pinn_seconds)
   parts = args.only or ["elementary", "heat", "smooth"]
-  if (args.optimizers and "trncg" not in args.optimizers
-      and not args.pinn_seconds and set(parts) & {"heat", "smooth"}):
-    parser.error("the heat PINNs' budget is trncg's run time: include trncg in "
-                 "--optimizers, or give --pinn-seconds")
+  if (
+    args.optimizers
+    and "trncg" not in args.optimizers
+    and not args.pinn_seconds
+    and set(parts) & {"heat", "smooth"}
+  ):
+    parser.error(
+      "the heat PINNs' budget is trncg's run time: include trncg in "
+      "--optimizers, or give --pinn-seconds"
+    )
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  optimizers = {name: opt for name, opt in make_optimizers().items()
-                if not args.optimizers or name in args.optimizers}
+  optimizers = {
+    name: opt
+    for name, opt in make_optimizers().items()
+    if not args.optimizers or name in args.optimizers
+  }
   progress = not args.no_progress
   results, fits, pinn = [], None, {}
   start = time.perf_counter()
@@ -353,25 +532,38 @@ def main(argv=None):
     elem, fits = run_elementary(size, optimizers, progress)
     results += elem
   if "heat" in parts:
-    heat, pinn["heat"] = run_heat(size, optimizers, smooth=False,
-                                  progress=progress)
+    heat, pinn["heat"] = run_heat(
+      size, optimizers, smooth=False, progress=progress
+    )
     results += heat
   if "smooth" in parts:
-    smooth, pinn["heat_smooth"] = run_heat(size, optimizers, smooth=True,
-                                           progress=progress)
+    smooth, pinn["heat_smooth"] = run_heat(
+      size, optimizers, smooth=True, progress=progress
+    )
     results += smooth
   for r in results:
     (out / f"paper_{r['problem']}_{r['optimizer']}.json").write_text(
-        json.dumps(r))
+      json.dumps(r)
+    )
   from benchmarks import plots  # pylint: disable=g-import-not-at-top
+
   figures = plots.paper_figures(results, fits, pinn, out)
   size_name = "full" if args.full else "tiny" if args.tiny else "small"
-  report = "\n".join([
-      f"# Paper reproduction ({size_name} size)", "",
+  report = "\n".join(
+    [
+      f"# Paper reproduction ({size_name} size)",
+      "",
       f"Machine: {machine()}. Total time {time.perf_counter() - start:.0f} s.",
       f"Command: `python -m benchmarks.paper {' '.join(argv)}`.",
-      "", markdown_table(results), "", "Targets:", *verdicts(results), "",
-      *[f"![{f.stem}]({f.name})" for f in figures]])
+      "",
+      markdown_table(results),
+      "",
+      "Targets:",
+      *verdicts(results),
+      "",
+      *[f"![{f.stem}]({f.name})" for f in figures],
+    ]
+  )
   (out / "paper.md").write_text(report + "\n")
   print(report)
   return results

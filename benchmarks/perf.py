@@ -35,7 +35,8 @@ import optax
 import scipy.optimize
 
 import trncg_jax
-from benchmarks import hvp_modes, paper, problems as P
+from benchmarks import hvp_modes, paper
+from benchmarks import problems as P
 from benchmarks.hvp_modes import hvp_loop, time_call
 
 LOSS_TARGET = paper.LOSS_TARGET
@@ -59,12 +60,18 @@ def cases(n_points: int):
   heat_loss = P.heat_loss_fn(apply)
   wide_fun, wide_params = wide_mlp_problem(n_points)
   return {
-      f"N_e fit ({P.count_params(elem.params):,} params)":
-          (lambda p: elem.loss(p, *elem.train), elem.params),
-      f"heat PINN N_p ({P.count_params(params):,} params)":
-          (lambda p: heat_loss(p, data), params),
-      f"MLP 4x256 ({P.count_params(wide_params):,} params)":
-          (wide_fun, wide_params),
+    f"N_e fit ({P.count_params(elem.params):,} params)": (
+      lambda p: elem.loss(p, *elem.train),
+      elem.params,
+    ),
+    f"heat PINN N_p ({P.count_params(params):,} params)": (
+      lambda p: heat_loss(p, data),
+      params,
+    ),
+    f"MLP 4x256 ({P.count_params(wide_params):,} params)": (
+      wide_fun,
+      wide_params,
+    ),
   }
 
 
@@ -73,10 +80,15 @@ def part_a(losses, reps):
   rows = {}
   for name, (fun, params) in losses.items():
     ratios, grad_time = hvp_modes.measure(fun, params, ks=(1, K), reps=reps)
-    ratios = {mode: {str(k): r for k, r in by_k.items()}  # as in the JSON
-              for mode, by_k in ratios.items()}
-    rows[name] = {"grad_ms": 1e3 * grad_time, "ratios": ratios,
-                  "best": min(r[str(K)] for r in ratios.values())}
+    ratios = {
+      mode: {str(k): r for k, r in by_k.items()}  # as in the JSON
+      for mode, by_k in ratios.items()
+    }
+    rows[name] = {
+      "grad_ms": 1e3 * grad_time,
+      "ratios": ratios,
+      "best": min(r[str(K)] for r in ratios.values()),
+    }
   return rows
 
 
@@ -89,7 +101,7 @@ def _positive_definite(fun, params):
   for _ in range(20):
     w = hvp(v)
     mu = float(optax.tree.norm(w) / optax.tree.norm(v))
-    v = jax.tree.map(lambda a: a / mu, w)
+    v = jax.tree.map(lambda a: a / mu, w)  # noqa: B023 (used at once)
   mu = 2.0 * mu
   return lambda p: fun(p) + 0.5 * mu * optax.tree.norm(p, squared=True)
 
@@ -102,15 +114,22 @@ def part_b(fun, params, reps):
   t_bare = time_call(bare, params, grad, reps=reps)
 
   # The same K products in a fori_loop: no CG algebra.
-  t_loop = time_call(hvp_loop(fun, K, scale=None), params, grad,
-                     reps=reps) / K
-  cg = jax.jit(lambda p, g: trncg_jax.steihaug.cg_steihaug(
-      g, trncg_jax.hvp.make_hvp(fun, p), 1e30, 0.0, K))
+  t_loop = time_call(hvp_loop(fun, K, scale=None), params, grad, reps=reps) / K
+  cg = jax.jit(
+    lambda p, g: trncg_jax.steihaug.cg_steihaug(
+      g, trncg_jax.hvp.make_hvp(fun, p), 1e30, 0.0, K
+    )
+  )
   steps = int(cg(params, grad).steps)
   t_cg = time_call(cg, params, grad, reps=reps) / steps
-  return {"cg_steps": steps, "hvp_ms": 1e3 * t_bare,
-          "hvp_in_loop_ms": 1e3 * t_loop, "cg_iteration_ms": 1e3 * t_cg,
-          "ratio_vs_bare_hvp": t_cg / t_bare, "ratio_vs_hvp_in_loop": t_cg / t_loop}
+  return {
+    "cg_steps": steps,
+    "hvp_ms": 1e3 * t_bare,
+    "hvp_in_loop_ms": 1e3 * t_loop,
+    "cg_iteration_ms": 1e3 * t_cg,
+    "ratio_vs_bare_hvp": t_cg / t_bare,
+    "ratio_vs_hvp_in_loop": t_cg / t_loop,
+  }
 
 
 def part_c(fun, params, reps, warmup_steps=10):
@@ -126,10 +145,18 @@ def part_c(fun, params, reps, warmup_steps=10):
   t_vg = time_call(jax.jit(jax.value_and_grad(loss)), params, reps=reps)
 
   grad = jax.grad(loss)(params)
-  t_hvps = (time_call(hvp_loop(loss, k, scale=None), params, grad, reps=reps)
-            if k else 0.0)
-  return {"k": k, "iteration_ms": 1e3 * t_iter, "value_and_grad_ms": 1e3 * t_vg,
-          "k_hvps_ms": 1e3 * t_hvps, "ratio": t_iter / (t_vg + t_hvps)}
+  t_hvps = (
+    time_call(hvp_loop(loss, k, scale=None), params, grad, reps=reps)
+    if k
+    else 0.0
+  )
+  return {
+    "k": k,
+    "iteration_ms": 1e3 * t_iter,
+    "value_and_grad_ms": 1e3 * t_vg,
+    "k_hvps_ms": 1e3 * t_hvps,
+    "ratio": t_iter / (t_vg + t_hvps),
+  }
 
 
 def _hvp_time_and_memory(fun, params, reps, k=5):
@@ -139,8 +166,11 @@ def _hvp_time_and_memory(fun, params, reps, k=5):
   v = jax.tree.map(jnp.ones_like, params)
   one = jax.jit(lambda p, v: trncg_jax.hvp.make_hvp(fun, p)(v))
   memory = one.lower(params, v).compile().memory_analysis()
-  peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-          + memory.temp_size_in_bytes)
+  peak = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    + memory.temp_size_in_bytes
+  )
   return time_call(hvp_loop(fun, k), params, v, reps=reps) / k, int(peak)
 
 
@@ -151,24 +181,39 @@ def part_d(widths, batches, reps):
   for width in widths:
     fun, params = wide_mlp_problem(n_points=1_000, width=width, depth=3)
     seconds, peak = _hvp_time_and_memory(fun, params, reps)
-    out["params"].append(dict(n=P.count_params(params), seconds=seconds,
-                              peak_bytes=peak, width=width))
-    print(f"  params {out['params'][-1]['n']:>9,}: {1e3 * seconds:8.2f} ms/HVP "
-          f"{peak / 2**20:8.1f} MiB", flush=True)
+    out["params"].append(
+      dict(
+        n=P.count_params(params), seconds=seconds, peak_bytes=peak, width=width
+      )
+    )
+    print(
+      f"  params {out['params'][-1]['n']:>9,}: {1e3 * seconds:8.2f} ms/HVP "
+      f"{peak / 2**20:8.1f} MiB",
+      flush=True,
+    )
   for batch in batches:
     fun, params = wide_mlp_problem(n_points=batch, width=64, depth=3)
     seconds, peak = _hvp_time_and_memory(fun, params, reps)
     out["batch"].append(dict(n=batch, seconds=seconds, peak_bytes=peak))
-    print(f"  batch  {batch:>9,}: {1e3 * seconds:8.2f} ms/HVP "
-          f"{peak / 2**20:8.1f} MiB", flush=True)
+    print(
+      f"  batch  {batch:>9,}: {1e3 * seconds:8.2f} ms/HVP "
+      f"{peak / 2**20:8.1f} MiB",
+      flush=True,
+    )
   for axis in ("params", "batch"):
     n = np.log([r["n"] for r in out[axis]])
     # Fit the upper half: small sizes are dominated by fixed overheads.
     upper = slice(len(n) // 2, None)
-    out[f"{axis}_time_slope"] = float(np.polyfit(
-        n[upper], np.log([r["seconds"] for r in out[axis]])[upper], 1)[0])
-    out[f"{axis}_memory_slope"] = float(np.polyfit(
-        n[upper], np.log([r["peak_bytes"] for r in out[axis]])[upper], 1)[0])
+    out[f"{axis}_time_slope"] = float(
+      np.polyfit(n[upper], np.log([r["seconds"] for r in out[axis]])[upper], 1)[
+        0
+      ]
+    )
+    out[f"{axis}_memory_slope"] = float(
+      np.polyfit(
+        n[upper], np.log([r["peak_bytes"] for r in out[axis]])[upper], 1
+      )[0]
+    )
   return out
 
 
@@ -194,24 +239,40 @@ def scipy_trust_ncg(prob, max_iterations, max_seconds, **hyperparams):
 
   def hp(z, v):
     counts["hessp"] += 1
-    return np.asarray(hessp(jnp.asarray(z, dtype), jnp.asarray(v, dtype)),
-                      np.float64)
+    return np.asarray(
+      hessp(jnp.asarray(z, dtype), jnp.asarray(v, dtype)), np.float64
+    )
 
   def callback(intermediate_result):
     counts["iterations"] += 1
-    if (intermediate_result.fun <= LOSS_TARGET
-        or time.perf_counter() - start > max_seconds):
+    if (
+      intermediate_result.fun <= LOSS_TARGET
+      or time.perf_counter() - start > max_seconds
+    ):
       raise StopIteration
 
   res = scipy.optimize.minimize(
-      fg, z0, jac=True, hessp=hp, method="trust-ncg", callback=callback,
-      options=dict(gtol=1e-12, maxiter=max_iterations,
-                   initial_trust_radius=float(hyperparams["initial_radius"]),
-                   max_trust_radius=float(hyperparams["max_radius"]),
-                   eta=float(hyperparams["eta"])))
-  return dict(iterations=counts["iterations"], hvps=counts["hessp"],
-              seconds=time.perf_counter() - start, loss=float(res.fun),
-              reached_target=bool(res.fun <= LOSS_TARGET))
+    fg,
+    z0,
+    jac=True,
+    hessp=hp,
+    method="trust-ncg",
+    callback=callback,
+    options=dict(
+      gtol=1e-12,
+      maxiter=max_iterations,
+      initial_trust_radius=float(hyperparams["initial_radius"]),
+      max_trust_radius=float(hyperparams["max_radius"]),
+      eta=float(hyperparams["eta"]),
+    ),
+  )
+  return dict(
+    iterations=counts["iterations"],
+    hvps=counts["hessp"],
+    seconds=time.perf_counter() - start,
+    loss=float(res.fun),
+    reached_target=bool(res.fun <= LOSS_TARGET),
+  )
 
 
 def to_target(prob, optimizer, max_steps, max_seconds, chunk, desc, progress):
@@ -219,14 +280,28 @@ def to_target(prob, optimizer, max_steps, max_seconds, chunk, desc, progress):
   (one compiled loop), giving up after ``max_steps`` steps or ``max_seconds``
   of run time: a baseline still short of the target then is slower than
   anything that reached it sooner."""
-  res = paper.run_for(max_seconds, prob.loss, prob.params, prob.train,
-                      optimizer, chunk, desc, progress, max_steps=max_steps,
-                      loss_tol=LOSS_TARGET)
+  res = paper.run_for(
+    max_seconds,
+    prob.loss,
+    prob.params,
+    prob.train,
+    optimizer,
+    chunk,
+    desc,
+    progress,
+    max_steps=max_steps,
+    loss_tol=LOSS_TARGET,
+  )
   grads, hvps = paper.work_counts(res.history, res.num_steps)
-  return dict(iterations=res.num_steps, seconds=res.run_seconds,
-              compile_seconds=res.compile_seconds, gradients=grads, hvps=hvps,
-              loss=float(res.history["loss"][-1]),
-              reached_target=res.status == trncg_jax.SolveStatus.LOSS_TOL)
+  return dict(
+    iterations=res.num_steps,
+    seconds=res.run_seconds,
+    compile_seconds=res.compile_seconds,
+    gradients=grads,
+    hvps=hvps,
+    loss=float(res.history["loss"][-1]),
+    reached_target=res.status == trncg_jax.SolveStatus.LOSS_TOL,
+  )
 
 
 #: The trust-region variants of part (e), each held to the issue's targets.
@@ -234,48 +309,72 @@ def to_target(prob, optimizer, max_steps, max_seconds, chunk, desc, progress):
 TR_VARIANTS = ("trncg", "trncg_gn", "trncg_gn_nystrom")
 
 
-def part_e(n_train, max_steps, max_seconds, scipy_seconds, torch_iterations,
-           progress):
+def part_e(
+  n_train, max_steps, max_seconds, scipy_seconds, torch_iterations, progress
+):
   """Time to loss <= 1e-6 on the six elementary functions, side by side."""
   hyper = dict(initial_radius=2.0, max_radius=10.0, eta=1e-3)
   gauss_newton = paper.make_optimizers()
-  optimizers = {"trncg": trncg_jax.trncg(inexact_newton=True,
-                                         forcing_power=0.5, **hyper),
-                **{n: gauss_newton[n] for n in TR_VARIANTS[1:]},
-                "adam": optax.adam(1e-3), "lbfgs": optax.lbfgs()}
+  optimizers = {
+    "trncg": trncg_jax.trncg(inexact_newton=True, forcing_power=0.5, **hyper),
+    **{n: gauss_newton[n] for n in TR_VARIANTS[1:]},
+    "adam": optax.adam(1e-3),
+    "lbfgs": optax.lbfgs(),
+  }
   rows = []
   try:
     from benchmarks import torch_trncg  # pylint: disable=g-import-not-at-top
   except ImportError:
     torch_trncg = None
-    print("  PyTorch not installed: pip install -e '.[torch]' for that baseline")
+    print(
+      "  PyTorch not installed: pip install -e '.[torch]' for that baseline"
+    )
   for fname in P.ELEMENTARY_FUNCTIONS:
     prob = P.elementary_problem(fname, n_train, n_train)
     row = {"function": fname}
     for name, opt in optimizers.items():
-      row[name] = to_target(prob, opt, max_steps, max_seconds,
-                            chunk=max(1, min(max_steps, 2_500)),
-                            desc=f"{fname}/{name}", progress=progress)
-    row["scipy_trust_ncg"] = scipy_trust_ncg(prob, 5_000, scipy_seconds, **hyper)
+      row[name] = to_target(
+        prob,
+        opt,
+        max_steps,
+        max_seconds,
+        chunk=max(1, min(max_steps, 2_500)),
+        desc=f"{fname}/{name}",
+        progress=progress,
+      )
+    row["scipy_trust_ncg"] = scipy_trust_ncg(
+      prob, 5_000, scipy_seconds, **hyper
+    )
     if torch_trncg is not None and torch_iterations:
       # Per-iteration comparison on the same work: the paper's method and
       # hyperparameters in both, from the same initial weights.
-      ours = trncg_jax.solve(prob.loss, prob.params, *prob.train,
-                             optimizer=trncg_jax.trncg(
-                                 **trncg_jax.PAPER_HYPERPARAMS),
-                             max_steps=torch_iterations)
+      ours = trncg_jax.solve(
+        prob.loss,
+        prob.params,
+        *prob.train,
+        optimizer=trncg_jax.trncg(**trncg_jax.PAPER_HYPERPARAMS),
+        max_steps=torch_iterations,
+      )
       theirs = torch_trncg.run(prob.params, *prob.train, torch_iterations)
       ours_hvps = int(ours.history["cg_steps"].sum())
       row["torch"] = dict(
-          iterations=torch_iterations, seconds=theirs["seconds"],
-          hvps=theirs["hvps"], jax_seconds=ours.run_seconds, jax_hvps=ours_hvps,
-          per_iteration_ratio=theirs["seconds"] / ours.run_seconds,
-          per_hvp_ratio=(theirs["seconds"] / max(theirs["hvps"], 1))
-          / (ours.run_seconds / max(ours_hvps, 1)))
+        iterations=torch_iterations,
+        seconds=theirs["seconds"],
+        hvps=theirs["hvps"],
+        jax_seconds=ours.run_seconds,
+        jax_hvps=ours_hvps,
+        per_iteration_ratio=theirs["seconds"] / ours.run_seconds,
+        per_hvp_ratio=(theirs["seconds"] / max(theirs["hvps"], 1))
+        / (ours.run_seconds / max(ours_hvps, 1)),
+      )
     rows.append(row)
-    print(f"  {fname}: " + ", ".join(
-        f"{k} {v['seconds']:.2f} s" for k, v in row.items() if k != "function"),
-        flush=True)
+    print(
+      f"  {fname}: "
+      + ", ".join(
+        f"{k} {v['seconds']:.2f} s" for k, v in row.items() if k != "function"
+      ),
+      flush=True,
+    )
   return rows
 
 
@@ -286,30 +385,47 @@ def part_f(n_train, progress):
   paper_hp = trncg_jax.PAPER_HYPERPARAMS
   inexact = dict(paper_hp, inexact_newton=True, forcing_power=0.5)
   strategies = {
-      "paper (CG tol 1e-8)": trncg_jax.trncg(**paper_hp),
-      "inexact Newton": trncg_jax.trncg(**inexact),
-      "inexact Newton, linearize": trncg_jax.trncg(**inexact,
-                                                   hvp_mode="linearize"),
-      "inexact Newton, max_radius 100": trncg_jax.trncg(
-          **dict(inexact, max_radius=100.0)),
-      "inexact Newton, initial_radius 0.1": trncg_jax.trncg(
-          **dict(inexact, initial_radius=0.1)),
-      "inexact Newton, eta 0.1": trncg_jax.trncg(**dict(inexact, eta=0.1)),
-      "Gauss-Newton, inexact": trncg_jax.trncg(
-          **inexact, hvp_mode=trncg_jax.hvp.GAUSS_NEWTON),
-      "Gauss-Newton, CG tol 1e-8": trncg_jax.trncg(
-          **paper_hp, hvp_mode=trncg_jax.hvp.GAUSS_NEWTON),
-      "Gauss-Newton, Nystrom rank 50":
-          paper.make_optimizers()["trncg_gn_nystrom"],
+    "paper (CG tol 1e-8)": trncg_jax.trncg(**paper_hp),
+    "inexact Newton": trncg_jax.trncg(**inexact),
+    "inexact Newton, linearize": trncg_jax.trncg(
+      **inexact, hvp_mode="linearize"
+    ),
+    "inexact Newton, max_radius 100": trncg_jax.trncg(
+      **dict(inexact, max_radius=100.0)
+    ),
+    "inexact Newton, initial_radius 0.1": trncg_jax.trncg(
+      **dict(inexact, initial_radius=0.1)
+    ),
+    "inexact Newton, eta 0.1": trncg_jax.trncg(**dict(inexact, eta=0.1)),
+    "Gauss-Newton, inexact": trncg_jax.trncg(
+      **inexact, hvp_mode=trncg_jax.hvp.GAUSS_NEWTON
+    ),
+    "Gauss-Newton, CG tol 1e-8": trncg_jax.trncg(
+      **paper_hp, hvp_mode=trncg_jax.hvp.GAUSS_NEWTON
+    ),
+    "Gauss-Newton, Nystrom rank 50": paper.make_optimizers()[
+      "trncg_gn_nystrom"
+    ],
   }
   out = {}
   for name, opt in strategies.items():
-    res = trncg_jax.solve(prob.loss, prob.params, *prob.train, optimizer=opt,
-                          max_steps=5_000, loss_tol=LOSS_TARGET,
-                          progress=progress, desc=f"sin10/{name}")
-    out[name] = dict(iterations=res.num_steps, hvps=int(res.history["hvps"].sum()),
-                     seconds=res.run_seconds, loss=float(res.history["loss"][-1]),
-                     reached_target=res.status == trncg_jax.SolveStatus.LOSS_TOL)
+    res = trncg_jax.solve(
+      prob.loss,
+      prob.params,
+      *prob.train,
+      optimizer=opt,
+      max_steps=5_000,
+      loss_tol=LOSS_TARGET,
+      progress=progress,
+      desc=f"sin10/{name}",
+    )
+    out[name] = dict(
+      iterations=res.num_steps,
+      hvps=int(res.history["hvps"].sum()),
+      seconds=res.run_seconds,
+      loss=float(res.history["loss"][-1]),
+      reached_target=res.status == trncg_jax.SolveStatus.LOSS_TOL,
+    )
     print(f"  {name}: {out[name]}", flush=True)
   return out
 
@@ -317,42 +433,72 @@ def part_f(n_train, progress):
 def report(results) -> str:
   lines = ["# Performance", "", f"Machine: {results['machine']}.", ""]
   if "a" in results:
-    lines += ["## (a) HVP cost / gradient cost (target: best mode <= 2.0)", "",
-              "| loss | gradient (ms) | " + " | ".join(trncg_jax.hvp.HESSIAN_MODES)
-              + " | best |", "| --- " * (3 + len(trncg_jax.hvp.HESSIAN_MODES)) + "|"]
+    lines += [
+      "## (a) HVP cost / gradient cost (target: best mode <= 2.0)",
+      "",
+      "| loss | gradient (ms) | "
+      + " | ".join(trncg_jax.hvp.HESSIAN_MODES)
+      + " | best |",
+      "| --- " * (3 + len(trncg_jax.hvp.HESSIAN_MODES)) + "|",
+    ]
     for name, row in results["a"].items():
-      lines.append(f"| {name} | {row['grad_ms']:.2f} | " + " | ".join(
-          f"{row['ratios'][m][str(K)]:.2f}" for m in trncg_jax.hvp.HESSIAN_MODES)
-          + f" | **{row['best']:.2f}** |")
-    lines += ["", f"Per HVP in a loop of {K} products (as in CG)."
-              " k=1 figures are in perf.json.", ""]
+      lines.append(
+        f"| {name} | {row['grad_ms']:.2f} | "
+        + " | ".join(
+          f"{row['ratios'][m][str(K)]:.2f}" for m in trncg_jax.hvp.HESSIAN_MODES
+        )
+        + f" | **{row['best']:.2f}** |"
+      )
+    lines += [
+      "",
+      f"Per HVP in a loop of {K} products (as in CG)."
+      " k=1 figures are in perf.json.",
+      "",
+    ]
   if "b" in results:
     b = results["b"]
-    lines += ["## (b) CG iteration / bare HVP (target <= 1.15)", "",
-              f"{b['cg_steps']} CG steps on N_e: {b['cg_iteration_ms']:.3f} ms per "
-              f"CG iteration; one bare jitted HVP call {b['hvp_ms']:.3f} ms "
-              f"(ratio **{b['ratio_vs_bare_hvp']:.2f}**); one HVP inside a "
-              f"fori_loop {b['hvp_in_loop_ms']:.3f} ms (ratio "
-              f"{b['ratio_vs_hvp_in_loop']:.2f}).", ""]
+    lines += [
+      "## (b) CG iteration / bare HVP (target <= 1.15)",
+      "",
+      f"{b['cg_steps']} CG steps on N_e: {b['cg_iteration_ms']:.3f} ms per "
+      f"CG iteration; one bare jitted HVP call {b['hvp_ms']:.3f} ms "
+      f"(ratio **{b['ratio_vs_bare_hvp']:.2f}**); one HVP inside a "
+      f"fori_loop {b['hvp_in_loop_ms']:.3f} ms (ratio "
+      f"{b['ratio_vs_hvp_in_loop']:.2f}).",
+      "",
+    ]
   if "c" in results:
     c = results["c"]
-    lines += ["## (c) TR iteration / (value-and-gradient + k HVPs) (target <= 1.2)",
-              "", f"N_e, k = {c['k']}: iteration {c['iteration_ms']:.3f} ms; "
-              f"value-and-gradient {c['value_and_grad_ms']:.3f} ms + {c['k']} "
-              f"HVPs {c['k_hvps_ms']:.3f} ms; ratio **{c['ratio']:.2f}**.", ""]
+    lines += [
+      "## (c) TR iteration / (value-and-gradient + k HVPs) (target <= 1.2)",
+      "",
+      f"N_e, k = {c['k']}: iteration {c['iteration_ms']:.3f} ms; "
+      f"value-and-gradient {c['value_and_grad_ms']:.3f} ms + {c['k']} "
+      f"HVPs {c['k_hvps_ms']:.3f} ms; ratio **{c['ratio']:.2f}**.",
+      "",
+    ]
   if "d" in results:
     d = results["d"]
-    lines += ["## (d) Scaling (target: linear, slope ~1)", "",
-              f"Time per HVP: slope {d['params_time_slope']:.2f} against params"
-              f" (3 tanh layers, 1,000 points), {d['batch_time_slope']:.2f} against"
-              f" batch (width 64). XLA peak-memory estimate: slope "
-              f"{d['params_memory_slope']:.2f} and {d['batch_memory_slope']:.2f}.",
-              "", "![scaling](perf_scaling.png)", ""]
+    lines += [
+      "## (d) Scaling (target: linear, slope ~1)",
+      "",
+      f"Time per HVP: slope {d['params_time_slope']:.2f} against params"
+      f" (3 tanh layers, 1,000 points), {d['batch_time_slope']:.2f} against"
+      f" batch (width 64). XLA peak-memory estimate: slope "
+      f"{d['params_memory_slope']:.2f} and {d['batch_memory_slope']:.2f}.",
+      "",
+      "![scaling](perf_scaling.png)",
+      "",
+    ]
   if "e" in results:
-    lines += ["## (e) Time to loss <= 1e-6 (s; iterations)", "",
-              f"| function | {' | '.join(TR_VARIANTS)} | adam | lbfgs | "
-              "scipy trust-ncg | trncg vs scipy | PyTorch / JAX per iteration "
-              "(per HVP) |", "| --- " * (len(TR_VARIANTS) + 6) + "|"]
+    lines += [
+      "## (e) Time to loss <= 1e-6 (s; iterations)",
+      "",
+      f"| function | {' | '.join(TR_VARIANTS)} | adam | lbfgs | "
+      "scipy trust-ncg | trncg vs scipy | PyTorch / JAX per iteration "
+      "(per HVP) |",
+      "| --- " * (len(TR_VARIANTS) + 6) + "|",
+    ]
 
     def cell(r):
       if r is None:
@@ -361,33 +507,50 @@ def report(results) -> str:
       return f"{r['seconds']:.2f}; {r['iterations']}{mark}"
 
     for row in results["e"]:
-      torch_cell = ("n/a" if "torch" not in row else
-                    f"{row['torch']['per_iteration_ratio']:.1f}x "
-                    f"({row['torch']['per_hvp_ratio']:.1f}x)")
+      torch_cell = (
+        "n/a"
+        if "torch" not in row
+        else f"{row['torch']['per_iteration_ratio']:.1f}x "
+        f"({row['torch']['per_hvp_ratio']:.1f}x)"
+      )
       speedup = row["scipy_trust_ncg"]["seconds"] / row["trncg"]["seconds"]
       variants = " | ".join(cell(row.get(name)) for name in TR_VARIANTS)
       lines.append(
-          f"| {row['function']} | {variants} | {cell(row['adam'])} | "
-          f"{cell(row['lbfgs'])} | {cell(row['scipy_trust_ncg'])} | "
-          f"{speedup:.1f}x | {torch_cell} |")
-    lines += ["", *results.get("e_verdicts", []), "",
-              "![time to target](perf_time_to_target.png)", ""]
+        f"| {row['function']} | {variants} | {cell(row['adam'])} | "
+        f"{cell(row['lbfgs'])} | {cell(row['scipy_trust_ncg'])} | "
+        f"{speedup:.1f}x | {torch_cell} |"
+      )
+    lines += [
+      "",
+      *results.get("e_verdicts", []),
+      "",
+      "![time to target](perf_time_to_target.png)",
+      "",
+    ]
   if "f" in results:
-    lines += ["## (f) sin(10x): HVPs to loss <= 1e-6", "",
-              "| strategy | iterations | HVPs | time (s) | reached |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += [
+      "## (f) sin(10x): HVPs to loss <= 1e-6",
+      "",
+      "| strategy | iterations | HVPs | time (s) | reached |",
+      "| --- | --- | --- | --- | --- |",
+    ]
     for name, r in results["f"].items():
-      lines.append(f"| {name} | {r['iterations']} | {r['hvps']} | "
-                   f"{r['seconds']:.2f} | {r['reached_target']} |")
+      lines.append(
+        f"| {name} | {r['iterations']} | {r['hvps']} | "
+        f"{r['seconds']:.2f} | {r['reached_target']} |"
+      )
     lines.append("")
   return "\n".join(lines)
 
 
 def e_verdicts(rows) -> list[str]:
   """The issue's targets for part (e), checked on this run's figures."""
+
   def faster(a, b):  # a reached the target, and before b did (or b never did)
-    return a["reached_target"] and (not b["reached_target"]
-                                    or a["seconds"] < b["seconds"])
+    return a["reached_target"] and (
+      not b["reached_target"] or a["seconds"] < b["seconds"]
+    )
+
   n = len(rows)
   out = []
   for name in TR_VARIANTS:
@@ -395,35 +558,54 @@ def e_verdicts(rows) -> list[str]:
       continue
     adam = sum(faster(r[name], r["adam"]) for r in rows)
     lbfgs = sum(faster(r[name], r["lbfgs"]) for r in rows)
-    out += [f"- {name} faster than Adam on {adam}/{n} (target {n}/{n}): "
-            f"{'met' if adam == n else 'MISSED'}",
-            f"- {name} faster than L-BFGS on {lbfgs}/{n} (target 4/{n}): "
-            f"{'met' if lbfgs >= 4 else 'MISSED'}"]
-  scipy = min(r["scipy_trust_ncg"]["seconds"] / r["trncg"]["seconds"] for r in rows)
-  out.append(f"- trncg at least {scipy:.1f}x faster than SciPy trust-ncg on "
-             f"every function (target 5x): {'met' if scipy >= 5 else 'MISSED'}")
+    out += [
+      f"- {name} faster than Adam on {adam}/{n} (target {n}/{n}): "
+      f"{'met' if adam == n else 'MISSED'}",
+      f"- {name} faster than L-BFGS on {lbfgs}/{n} (target 4/{n}): "
+      f"{'met' if lbfgs >= 4 else 'MISSED'}",
+    ]
+  scipy = min(
+    r["scipy_trust_ncg"]["seconds"] / r["trncg"]["seconds"] for r in rows
+  )
+  out.append(
+    f"- trncg at least {scipy:.1f}x faster than SciPy trust-ncg on "
+    f"every function (target 5x): {'met' if scipy >= 5 else 'MISSED'}"
+  )
   ratios = [r["torch"]["per_iteration_ratio"] for r in rows if "torch" in r]
   if ratios:
-    out.append(f"- at least {min(ratios):.1f}x faster per TR iteration than "
-               f"PyTorch (target 3x): {'met' if min(ratios) >= 3 else 'MISSED'}")
+    out.append(
+      f"- at least {min(ratios):.1f}x faster per TR iteration than "
+      f"PyTorch (target 3x): {'met' if min(ratios) >= 3 else 'MISSED'}"
+    )
   return out
 
 
 def plots(results, out: pathlib.Path):
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   files = []
   if "d" in results:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, axis, label in zip(axes, ("params", "batch"),
-                               ("parameters", "batch size")):
+    for ax, axis, label in zip(
+      axes, ("params", "batch"), ("parameters", "batch size")
+    ):
       rows = results["d"][axis]
       n = [r["n"] for r in rows]
-      ax.loglog(n, [1e3 * r["seconds"] for r in rows], "o-",
-                label=f"ms per HVP (slope {results['d'][f'{axis}_time_slope']:.2f})")
-      ax.loglog(n, [r["peak_bytes"] / 2**20 for r in rows], "s--",
-                label=f"peak MiB (slope {results['d'][f'{axis}_memory_slope']:.2f})")
+      ax.loglog(
+        n,
+        [1e3 * r["seconds"] for r in rows],
+        "o-",
+        label=f"ms per HVP (slope {results['d'][f'{axis}_time_slope']:.2f})",
+      )
+      ax.loglog(
+        n,
+        [r["peak_bytes"] / 2**20 for r in rows],
+        "s--",
+        label=f"peak MiB (slope {results['d'][f'{axis}_memory_slope']:.2f})",
+      )
       ax.set_xlabel(label)
       ax.legend()
       ax.grid(True, which="both", alpha=0.3)
@@ -433,15 +615,19 @@ def plots(results, out: pathlib.Path):
     fig.savefig(files[-1], dpi=120)
     plt.close(fig)
   if "e" in results:
-    names = [n for n in (*TR_VARIANTS, "adam", "lbfgs", "scipy_trust_ncg")
-             if n in results["e"][0]]
+    names = [
+      n
+      for n in (*TR_VARIANTS, "adam", "lbfgs", "scipy_trust_ncg")
+      if n in results["e"][0]
+    ]
     fig, ax = plt.subplots(figsize=(10, 4))
     x = np.arange(len(results["e"]))
     for i, name in enumerate(names):
       secs = [r[name]["seconds"] for r in results["e"]]
       width = 0.8 / len(names)
-      bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, secs, width,
-                    label=name)
+      bars = ax.bar(
+        x + (i - (len(names) - 1) / 2) * width, secs, width, label=name
+      )
       for bar, r in zip(bars, results["e"]):
         if not r[name]["reached_target"]:
           bar.set_hatch("//")
@@ -458,9 +644,11 @@ def plots(results, out: pathlib.Path):
 
 
 def main(argv=None):
+  jax.config.update("jax_enable_x64", True)  # as the paper benchmark runs
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="small sizes, for a smoke test")
+  parser.add_argument(
+    "--quick", action="store_true", help="small sizes, for a smoke test"
+  )
   parser.add_argument("--only", nargs="+", choices=list("abcdef"))
   parser.add_argument("--out", default="results")
   parser.add_argument("--no-progress", action="store_true")
@@ -491,15 +679,22 @@ def main(argv=None):
   if "d" in parts:
     print("(d) scaling", flush=True)
     results["d"] = part_d(
-        widths=(16, 32, 64) if quick else (16, 32, 64, 128, 256, 512, 724),
-        batches=(1_000, 3_000) if quick else (1_000, 3_000, 10_000, 30_000, 100_000),
-        reps=2 if quick else 3)
+      widths=(16, 32, 64) if quick else (16, 32, 64, 128, 256, 512, 724),
+      batches=(1_000, 3_000)
+      if quick
+      else (1_000, 3_000, 10_000, 30_000, 100_000),
+      reps=2 if quick else 3,
+    )
   if "e" in parts:
     print("(e) time to target", flush=True)
-    results["e"] = part_e(n_train, max_steps=50 if quick else 25_001,
-                          max_seconds=5 if quick else 120,
-                          scipy_seconds=5 if quick else 300,
-                          torch_iterations=2 if quick else 30, progress=progress)
+    results["e"] = part_e(
+      n_train,
+      max_steps=50 if quick else 25_001,
+      max_seconds=5 if quick else 120,
+      scipy_seconds=5 if quick else 300,
+      torch_iterations=2 if quick else 30,
+      progress=progress,
+    )
     results["e_verdicts"] = e_verdicts(results["e"])
   if "f" in parts:
     print("(f) sin(10x) HVPs", flush=True)

@@ -46,10 +46,12 @@ from benchmarks.paper import machine
 #: Dangel, Mueller & Zeinhofer, "Kronecker-factored approximate curvature for
 #: PINNs", NeurIPS 2024 (their result files): float64, 1000 s on an RTX 6000.
 PUBLISHED = {
-    "poisson_257": dict(ENGD=6.2e-8, HessianFree=3.2e-7, KFAC_star=2.0e-7,
-                        LBFGS=1.8e-4, Adam=9.4e-5),
-    "poisson_9873": dict(HessianFree=1.25e-6, KFAC_star=7.9e-7, LBFGS=3.4e-4,
-                         Adam=2.1e-4),
+  "poisson_257": dict(
+    ENGD=6.2e-8, HessianFree=3.2e-7, KFAC_star=2.0e-7, LBFGS=1.8e-4, Adam=9.4e-5
+  ),
+  "poisson_9873": dict(
+    HessianFree=1.25e-6, KFAC_star=7.9e-7, LBFGS=3.4e-4, Adam=2.1e-4
+  ),
 }
 ADAM_LEARNING_RATES = (1e-4, 1e-3, 1e-2)
 
@@ -61,15 +63,22 @@ class Budget:
 
   seconds: float
   max_steps: int
-  points: int = 10_000        # heat problems: collocation points
+  points: int = 10_000  # heat problems: collocation points
   test_points: int = 10_000
 
 
-FULL = {"poisson_257": Budget(300, 1000), "poisson_9873": Budget(600, 5000),
-        "heat_smooth": Budget(900, 5000), "heat": Budget(300, 5000)}
-QUICK = {"poisson_257": Budget(5, 1000), "poisson_9873": Budget(5, 1000),
-         "heat_smooth": Budget(5, 1000, 2_000, 2_000),
-         "heat": Budget(5, 1000, 2_000, 2_000)}
+FULL = {
+  "poisson_257": Budget(300, 1000),
+  "poisson_9873": Budget(600, 5000),
+  "heat_smooth": Budget(900, 5000),
+  "heat": Budget(300, 5000),
+}
+QUICK = {
+  "poisson_257": Budget(5, 1000),
+  "poisson_9873": Budget(5, 1000),
+  "heat_smooth": Budget(5, 1000, 2_000, 2_000),
+  "heat": Budget(5, 1000, 2_000, 2_000),
+}
 #: Records per run: the error curves have about this many points.
 RECORDS = 30
 
@@ -82,13 +91,19 @@ def setup(name: str, budget: Budget):
     data = P.poisson_data()
     exact = P.poisson_exact(data.test, xp=np)
     error = lambda p: P.rms(apply(p, data.test)[:, 0], exact)
-    return (P.poisson_loss_fn(apply), params, (data.interior, data.boundary),
-            error, "RMS error")
+    return (
+      P.poisson_loss_fn(apply),
+      params,
+      (data.interior, data.boundary),
+      error,
+      "RMS error",
+    )
   smooth = name == "heat_smooth"
   apply, params = P.init_mlp(P.N_P_SIZES, 0, jnp.float64)
   apply = jax.jit(apply)
-  data = P.heat_collocation(budget.points, seed=0, smooth=smooth,
-                            dtype=jnp.float64)
+  data = P.heat_collocation(
+    budget.points, seed=0, smooth=smooth, dtype=jnp.float64
+  )
   xy = P.latin_hypercube(budget.test_points, [(0, 1), (0, 1)], seed=123)
   if smooth:
     reference = P.smooth_heat_exact(xy[:, 0], xy[:, 1], 1.0, xp=np)
@@ -100,26 +115,43 @@ def setup(name: str, budget: Budget):
 
 
 def optimizers() -> dict:
-  opts = {"trncg_gn": trncg_jax.trncg(hvp_mode="gauss_newton"),
-          "trncg_gn_cg": trncg_jax.trncg(hvp_mode="gauss_newton", solver="cg"),
-          "lbfgs": optax.lbfgs()}
+  opts = {
+    "trncg_gn": trncg_jax.trncg(hvp_mode="gauss_newton"),
+    "trncg_gn_cg": trncg_jax.trncg(hvp_mode="gauss_newton", solver="cg"),
+    "lbfgs": optax.lbfgs(),
+  }
   opts.update({f"adam_{lr:g}": optax.adam(lr) for lr in ADAM_LEARNING_RATES})
   return opts
 
 
-def run_traced(loss, params, args, optimizer, budget: Budget, error_fn, desc,
-               progress: bool) -> dict:
+def run_traced(
+  loss, params, args, optimizer, budget: Budget, error_fn, desc, progress: bool
+) -> dict:
   """Chained ``solve`` calls until ``budget.seconds`` of run time, the
   iteration cap, or a stop; the error after each call."""
-  trace = dict(seconds=[0.0], steps=[0], loss=[float(loss(params, *args))],
-               error=[error_fn(params)])
+  trace = dict(
+    seconds=[0.0],
+    steps=[0],
+    loss=[float(loss(params, *args))],
+    error=[error_fn(params)],
+  )
   state, chunk, status, compile_seconds = None, 1, None, 0.0
-  while (trace["seconds"][-1] < budget.seconds
-         and trace["steps"][-1] < budget.max_steps):
+  while (
+    trace["seconds"][-1] < budget.seconds
+    and trace["steps"][-1] < budget.max_steps
+  ):
     res = trncg_jax.solve(
-        loss, params, *args, optimizer=optimizer, state=state,
-        max_steps=min(chunk, budget.max_steps - trace["steps"][-1]),
-        grad_tol=0.0, loss_tol=0.0, progress=progress, desc=desc)
+      loss,
+      params,
+      *args,
+      optimizer=optimizer,
+      state=state,
+      max_steps=min(chunk, budget.max_steps - trace["steps"][-1]),
+      grad_tol=0.0,
+      loss_tol=0.0,
+      progress=progress,
+      desc=desc,
+    )
     params, state, status = res.params, res.state, res.status
     compile_seconds += res.compile_seconds
     trace["seconds"].append(trace["seconds"][-1] + res.run_seconds)
@@ -131,10 +163,17 @@ def run_traced(loss, params, args, optimizer, budget: Budget, error_fn, desc,
     if len(trace["steps"]) == 2:  # fixed from now on: one compile per size
       per_step = trace["seconds"][-1] / trace["steps"][-1]
       # About RECORDS records over the time or the iterations, the nearer.
-      chunk = max(1, int(min(budget.seconds / max(per_step, 1e-9),
-                             budget.max_steps) / RECORDS))
-  return dict(trace, status=trncg_jax.SolveStatus(int(status)).name,
-              compile_seconds=compile_seconds)
+      chunk = max(
+        1,
+        int(
+          min(budget.seconds / max(per_step, 1e-9), budget.max_steps) / RECORDS
+        ),
+      )
+  return dict(
+    trace,
+    status=trncg_jax.SolveStatus(int(status)).name,
+    compile_seconds=compile_seconds,
+  )
 
 
 def error_at(trace: dict, seconds: float) -> float:
@@ -143,71 +182,109 @@ def error_at(trace: dict, seconds: float) -> float:
   return trace["error"][max(k, 0)]
 
 
-def run_problem(name: str, budget: Budget, progress: bool,
-                only: tuple = ()) -> dict:
+def run_problem(
+  name: str, budget: Budget, progress: bool, only: tuple = ()
+) -> dict:
   loss, params, args, error_fn, metric = setup(name, budget)
   runs = {}
   for opt_name, optimizer in optimizers().items():
     if only and not any(opt_name.startswith(o) for o in only):
       continue
     # The iteration cap is trncg's; the others fill the time budget.
-    capped = budget if opt_name.startswith("trncg") else dataclasses.replace(
-        budget, max_steps=2**31 - 1)
-    runs[opt_name] = run_traced(loss, params, args, optimizer, capped,
-                                error_fn, f"{name}/{opt_name}", progress)
-    print(f"{name:13s} {opt_name:12s} steps {runs[opt_name]['steps'][-1]:7d} "
-          f"loss {runs[opt_name]['loss'][-1]:.2e} "
-          f"error {runs[opt_name]['error'][-1]:.2e} "
-          f"({runs[opt_name]['status']})", flush=True)
+    capped = (
+      budget
+      if opt_name.startswith("trncg")
+      else dataclasses.replace(budget, max_steps=2**31 - 1)
+    )
+    runs[opt_name] = run_traced(
+      loss,
+      params,
+      args,
+      optimizer,
+      capped,
+      error_fn,
+      f"{name}/{opt_name}",
+      progress,
+    )
+    print(
+      f"{name:13s} {opt_name:12s} steps {runs[opt_name]['steps'][-1]:7d} "
+      f"loss {runs[opt_name]['loss'][-1]:.2e} "
+      f"error {runs[opt_name]['error'][-1]:.2e} "
+      f"({runs[opt_name]['status']})",
+      flush=True,
+    )
   adams = [k for k in runs if k.startswith("adam_")]
   if adams:
     best = min(adams, key=lambda k: runs[k]["loss"][-1])
     runs["adam"] = dict(runs[best], learning_rate=float(best[5:]))
   for k in adams:
     del runs[k]
-  return dict(problem=name, metric=metric, params=P.count_params(params),
-              budget_seconds=budget.seconds, max_steps=budget.max_steps,
-              runs=runs, published=PUBLISHED.get(name, {}))
+  return dict(
+    problem=name,
+    metric=metric,
+    params=P.count_params(params),
+    budget_seconds=budget.seconds,
+    max_steps=budget.max_steps,
+    runs=runs,
+    published=PUBLISHED.get(name, {}),
+  )
 
 
 def markdown(results: list[dict], header: str) -> str:
-  lines = [header, "",
-           "| problem | optimizer | iterations | run time (s) | status "
-           "| loss | error | error at 1/4, 1/2 of the budget |",
-           "|" + " --- |" * 8]
+  lines = [
+    header,
+    "",
+    "| problem | optimizer | iterations | run time (s) | status "
+    "| loss | error | error at 1/4, 1/2 of the budget |",
+    "|" + " --- |" * 8,
+  ]
   for r in results:
     for name, run in r["runs"].items():
-      label = name + (f" (lr {run['learning_rate']:g})" if name == "adam" else "")
-      early = ", ".join(f"{error_at(run, r['budget_seconds'] * q):.2e}"
-                        for q in (0.25, 0.5))
+      label = name + (
+        f" (lr {run['learning_rate']:g})" if name == "adam" else ""
+      )
+      early = ", ".join(
+        f"{error_at(run, r['budget_seconds'] * q):.2e}" for q in (0.25, 0.5)
+      )
       lines.append(
-          f"| {r['problem']} ({r['params']} params) | {label} | "
-          f"{run['steps'][-1]} | {run['seconds'][-1]:.1f} | {run['status']} | "
-          f"{run['loss'][-1]:.2e} | {run['error'][-1]:.2e} | {early} |")
+        f"| {r['problem']} ({r['params']} params) | {label} | "
+        f"{run['steps'][-1]} | {run['seconds'][-1]:.1f} | {run['status']} | "
+        f"{run['loss'][-1]:.2e} | {run['error'][-1]:.2e} | {early} |"
+      )
     for method, value in r["published"].items():
-      lines.append(f"| {r['problem']} | published: {method} (Dangel et al. "
-                   f"2024, 1000 s on a GPU) | | | | | {value:.2e} | |")
+      lines.append(
+        f"| {r['problem']} | published: {method} (Dangel et al. "
+        f"2024, 1000 s on a GPU) | | | | | {value:.2e} | |"
+      )
   return "\n".join(lines) + "\n"
 
 
 def plot(results: list[dict], out: pathlib.Path) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  for axis, xlabel, fname in (("seconds", "run time (s, compile excluded)",
-                               "pinn_error_time.png"),
-                              ("steps", "iterations", "pinn_error_iterations.png")):
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6),
-                             squeeze=False)
+
+  for axis, xlabel, fname in (
+    ("seconds", "run time (s, compile excluded)", "pinn_error_time.png"),
+    ("steps", "iterations", "pinn_error_iterations.png"),
+  ):
+    fig, axes = plt.subplots(
+      1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False
+    )
     for ax, r in zip(axes[0], results):
       for name, run in r["runs"].items():
         x = np.maximum(run[axis], 1e-3 if axis == "seconds" else 1)
         ax.loglog(x, run["error"], label=name, marker=".", markersize=3)
       for i, (method, value) in enumerate(r["published"].items()):
-        ax.axhline(value, color=f"C{i + 4}", ls=":", lw=1,
-                   label=f"{method} (published)")
-      ax.set(title=f"{r['problem']} ({r['params']} params)", xlabel=xlabel,
-             ylabel=r["metric"])
+        ax.axhline(
+          value, color=f"C{i + 4}", ls=":", lw=1, label=f"{method} (published)"
+        )
+      ax.set(
+        title=f"{r['problem']} ({r['params']} params)",
+        xlabel=xlabel,
+        ylabel=r["metric"],
+      )
       ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     fig.savefig(out / fname, dpi=120)
@@ -216,13 +293,20 @@ def plot(results: list[dict], out: pathlib.Path) -> None:
 
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="5 s per optimizer and problem, smaller heat sets")
-  parser.add_argument("--problems", nargs="+", default=list(FULL),
-                      choices=list(FULL))
-  parser.add_argument("--optimizers", nargs="+", default=(),
-                      help="run only these (prefixes of trncg_gn, trncg_gn_cg,"
-                      " lbfgs, adam)")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="5 s per optimizer and problem, smaller heat sets",
+  )
+  parser.add_argument(
+    "--problems", nargs="+", default=list(FULL), choices=list(FULL)
+  )
+  parser.add_argument(
+    "--optimizers",
+    nargs="+",
+    default=(),
+    help="run only these (prefixes of trncg_gn, trncg_gn_cg, lbfgs, adam)",
+  )
   parser.add_argument("--out", default="results/latest/pinn")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
@@ -231,11 +315,17 @@ def main(argv=None) -> list[dict]:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   start = time.time()
-  results = [run_problem(name, budgets[name], not args.no_progress,
-                         tuple(args.optimizers)) for name in args.problems]
-  header = (f"# PINN suite{' (--quick)' if args.quick else ''}, "
-            f"{time.strftime('%Y-%m-%d')}, {machine()}; "
-            f"{math.ceil((time.time() - start) / 60)} min in all")
+  results = [
+    run_problem(
+      name, budgets[name], not args.no_progress, tuple(args.optimizers)
+    )
+    for name in args.problems
+  ]
+  header = (
+    f"# PINN suite{' (--quick)' if args.quick else ''}, "
+    f"{time.strftime('%Y-%m-%d')}, {machine()}; "
+    f"{math.ceil((time.time() - start) / 60)} min in all"
+  )
   (out / "pinn.json").write_text(json.dumps(results, indent=1))
   (out / "pinn.md").write_text(markdown(results, header))
   plot(results, out)

@@ -12,9 +12,15 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks.problems import ELEMENTARY_LABELS  # pylint: disable=g-import-not-at-top
 
-COLORS = {"trncg": "C3", "trncg_paper": "C1", "trncg_gn": "C5",
-          "trncg_gn_nystrom": "C6", "adam": "C0", "lbfgs": "C2",
-          "nonlinear_cg": "C4"}
+COLORS = {
+  "trncg": "C3",
+  "trncg_paper": "C1",
+  "trncg_gn": "C5",
+  "trncg_gn_nystrom": "C6",
+  "adam": "C0",
+  "lbfgs": "C2",
+  "nonlinear_cg": "C4",
+}
 #: The PINN solutions drawn beside the reference: ours, and Adam's.
 SOLUTION_PANELS = ("trncg", "trncg_gn", "trncg_gn_nystrom", "adam")
 
@@ -22,8 +28,9 @@ SOLUTION_PANELS = ("trncg", "trncg_gn", "trncg_gn_nystrom", "adam")
 def _grid(n):
   cols = min(n, 3)
   rows = -(-n // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+    rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False
+  )
   for ax in axes.ravel()[n:]:
     ax.axis("off")
   return fig, axes.ravel()
@@ -54,9 +61,10 @@ def loss_curves(results, problems, path, first=500, title=""):
   for ax, problem in zip(axes, problems):
     for r in results:
       if r["problem"] == problem:
-        loss = np.asarray(r["history"]["loss"])[:first + 1]
-        ax.semilogy(loss, color=COLORS.get(r["optimizer"]), lw=1,
-                    label=r["optimizer"])
+        loss = np.asarray(r["history"]["loss"])[: first + 1]
+        ax.semilogy(
+          loss, color=COLORS.get(r["optimizer"]), lw=1, label=r["optimizer"]
+        )
     ax.set_title(ELEMENTARY_LABELS.get(problem, problem))
     ax.set_xlabel("iteration")
   axes[0].set_ylabel("training loss")
@@ -91,7 +99,9 @@ def bars(results, problems, path):
   for i, name in enumerate(optimizers):
     its, times, hatches = [], [], []
     for p in problems:
-      r = next(r for r in results if r["problem"] == p and r["optimizer"] == name)
+      r = next(
+        r for r in results if r["problem"] == p and r["optimizer"] == name
+      )
       its.append(r["iterations"])
       times.append(r["wall_seconds"])
       hatches.append("" if r.get("reached_target", True) else "//")
@@ -100,12 +110,15 @@ def bars(results, problems, path):
       bars_ = ax.bar(xs, values, width, color=COLORS.get(name), label=name)
       for b, h in zip(bars_, hatches):
         b.set_hatch(h)
-  for ax, title in ((axes[0], "iterations to loss <= 1e-6"),
-                    (axes[1], "wall-clock seconds (compile excluded)")):
+  for ax, title in (
+    (axes[0], "iterations to loss <= 1e-6"),
+    (axes[1], "wall-clock seconds (compile excluded)"),
+  ):
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(problems)) + 0.4 - width / 2)
-    ax.set_xticklabels([ELEMENTARY_LABELS.get(p, p) for p in problems],
-                       fontsize=8)
+    ax.set_xticklabels(
+      [ELEMENTARY_LABELS.get(p, p) for p in problems], fontsize=8
+    )
     ax.set_title(title + "; hatched: target not reached")
   axes[0].legend(fontsize=7)
   fig.suptitle("Fig. 4: iterations and time")
@@ -115,20 +128,31 @@ def bars(results, problems, path):
 def pinn_solution(solutions, path, title):
   xy = solutions["xy"]
   panels = [("reference", "reference")] + [
-      (n, n) for n in SOLUTION_PANELS if n in solutions]
-  fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.6))
+    (n, n) for n in SOLUTION_PANELS if n in solutions
+  ]
+  fig, axes = plt.subplots(
+    1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.6)
+  )
   ref = solutions["reference"]
   for ax, (key, label) in zip(axes, panels):
-    sc = ax.tricontourf(xy[:, 0], xy[:, 1], solutions[key], levels=20,
-                        vmin=ref.min(), vmax=ref.max(), cmap="viridis")
+    sc = ax.tricontourf(
+      xy[:, 0],
+      xy[:, 1],
+      solutions[key],
+      levels=20,
+      vmin=ref.min(),
+      vmax=ref.max(),
+      cmap="viridis",
+    )
     ax.set_title(label)
     ax.set_aspect("equal")
   fig.colorbar(sc, ax=axes[len(panels) - 1])
   ax = axes[-1]
   for key, _ in panels[1:]:
     err = np.abs(solutions[key] - ref)
-    ax.hist(err, bins=60, histtype="step", color=COLORS[key], label=key,
-            log=True)
+    ax.hist(
+      err, bins=60, histtype="step", color=COLORS[key], label=key, log=True
+    )
   ax.set_title("|u - u_ref| at t = 1")
   ax.legend(fontsize=7)
   fig.suptitle(title)
@@ -138,19 +162,38 @@ def pinn_solution(solutions, path, title):
 def paper_figures(results, fits, pinn, out: pathlib.Path) -> list[pathlib.Path]:
   """Writes every figure for which there are results; returns their paths."""
   figures = []
-  elementary = [p for p in dict.fromkeys(r["problem"] for r in results)
-                if not p.startswith("heat")]
+  elementary = [
+    p
+    for p in dict.fromkeys(r["problem"] for r in results)
+    if not p.startswith("heat")
+  ]
   if elementary:
     figures.append(fitted_functions(fits, out / "fig1_fits.png"))
-    figures.append(loss_curves(results, elementary, out / "fig2_loss_first500.png",
-                               title="Fig. 2: training loss, first 500 iterations"))
+    figures.append(
+      loss_curves(
+        results,
+        elementary,
+        out / "fig2_loss_first500.png",
+        title="Fig. 2: training loss, first 500 iterations",
+      )
+    )
     figures.append(tr_diagnostics(results, out / "fig3_tr_diagnostics.png"))
     figures.append(bars(results, elementary, out / "fig4_iterations_time.png"))
   heat = [p for p in ("heat", "heat_smooth") if p in pinn]
   if heat:
-    figures.append(loss_curves(results, heat, out / "fig5_pinn_loss.png",
-                               first=10**9, title="Fig. 5: PINN training loss"))
+    figures.append(
+      loss_curves(
+        results,
+        heat,
+        out / "fig5_pinn_loss.png",
+        first=10**9,
+        title="Fig. 5: PINN training loss",
+      )
+    )
     for p in heat:
-      figures.append(pinn_solution(pinn[p], out / f"fig6_{p}_solution.png",
-                                   f"Fig. 6: {p} at t = 1"))
+      figures.append(
+        pinn_solution(
+          pinn[p], out / f"fig6_{p}_solution.png", f"Fig. 6: {p} at t = 1"
+        )
+      )
   return figures

@@ -14,7 +14,6 @@ parameters.
 from __future__ import annotations
 
 import functools
-import os
 import pathlib
 from typing import Callable, NamedTuple, Sequence
 
@@ -26,28 +25,36 @@ from flax import nnx
 import trncg_jax
 
 ELEMENTARY_FUNCTIONS: dict[str, Callable] = {
-    "linear": lambda x: 5 * x + 3,
-    "quadratic": lambda x: (x - 0.5) ** 2,
-    "exponential": lambda x: jnp.exp(-x),
-    "sin_shift": lambda x: jnp.sin(x - jnp.pi),
-    "sin5": lambda x: jnp.sin(5 * x),
-    "sin10": lambda x: jnp.sin(10 * x),
+  "linear": lambda x: 5 * x + 3,
+  "quadratic": lambda x: (x - 0.5) ** 2,
+  "exponential": lambda x: jnp.exp(-x),
+  "sin_shift": lambda x: jnp.sin(x - jnp.pi),
+  "sin5": lambda x: jnp.sin(5 * x),
+  "sin10": lambda x: jnp.sin(10 * x),
 }
 
 ELEMENTARY_LABELS = {
-    "linear": "5x+3", "quadratic": "(x-1/2)^2", "exponential": "exp(-x)",
-    "sin_shift": "sin(x-pi)", "sin5": "sin(5x)", "sin10": "sin(10x)",
+  "linear": "5x+3",
+  "quadratic": "(x-1/2)^2",
+  "exponential": "exp(-x)",
+  "sin_shift": "sin(x-pi)",
+  "sin5": "sin(5x)",
+  "sin10": "sin(10x)",
 }
 
 
 class MLP(nnx.Module):
   """A tanh multilayer perceptron with a linear output layer."""
 
-  def __init__(self, sizes: Sequence[int], *, rngs: nnx.Rngs,
-               dtype=jnp.float32):
-    self.layers = nnx.List([
+  def __init__(
+    self, sizes: Sequence[int], *, rngs: nnx.Rngs, dtype=jnp.float32
+  ):
+    self.layers = nnx.List(
+      [
         nnx.Linear(a, b, rngs=rngs, param_dtype=dtype, dtype=dtype)
-        for a, b in zip(sizes[:-1], sizes[1:])])
+        for a, b in zip(sizes[:-1], sizes[1:])
+      ]
+    )
 
   def __call__(self, x):
     for layer in self.layers[:-1]:
@@ -92,8 +99,13 @@ class Problem(NamedTuple):
   test: tuple
 
 
-def elementary_problem(name: str, n_train: int = 10_000, n_test: int = 10_000,
-                       seed: int = 0, dtype=jnp.float32) -> Problem:
+def elementary_problem(
+  name: str,
+  n_train: int = 10_000,
+  n_test: int = 10_000,
+  seed: int = 0,
+  dtype=jnp.float32,
+) -> Problem:
   """An elementary-function fit with network N_e and an MSE loss."""
   f = ELEMENTARY_FUNCTIONS[name]
   rng = np.random.default_rng(seed)
@@ -101,16 +113,24 @@ def elementary_problem(name: str, n_train: int = 10_000, n_test: int = 10_000,
   x_test = np.linspace(-1.0, 1.0, n_test)[:, None]
   x_train, x_test = jnp.asarray(x_train, dtype), jnp.asarray(x_test, dtype)
   apply, params = init_mlp(N_E_SIZES, seed, dtype)
-  return Problem(name, apply, params, _mse_loss(apply), (x_train, f(x_train)),
-                 (x_test, f(x_test)))
+  return Problem(
+    name,
+    apply,
+    params,
+    _mse_loss(apply),
+    (x_train, f(x_train)),
+    (x_test, f(x_test)),
+  )
 
 
 @functools.lru_cache(maxsize=None)
 def _mse_loss(apply):
   """The MSE ``mean((apply(params, x) - y)^2)``, written as its residuals so
   that trncg can use Gauss-Newton curvature; to any optimizer it is a loss."""
+
   def residuals(params, x, y):
     return (apply(params, x) - y) / jnp.sqrt(y.size)
+
   return trncg_jax.LeastSquares(residuals)
 
 
@@ -135,13 +155,15 @@ def heat_boundary_value(x, y):
 
 def smooth_heat_exact(x, y, t, alpha=HEAT_ALPHA, xp=jnp):
   """u = exp(-2 alpha pi^2 t) sin(pi x) sin(pi y): zero Dirichlet data."""
-  return (xp.exp(-2 * alpha * np.pi**2 * t) * xp.sin(np.pi * x)
-          * xp.sin(np.pi * y))
+  return (
+    xp.exp(-2 * alpha * np.pi**2 * t) * xp.sin(np.pi * x) * xp.sin(np.pi * y)
+  )
 
 
 def latin_hypercube(n: int, bounds, seed: int) -> np.ndarray:
   """``n`` Latin-hypercube points in the box ``bounds = [(lo, hi), ...]``."""
   from scipy.stats import qmc  # pylint: disable=g-import-not-at-top
+
   sample = qmc.LatinHypercube(d=len(bounds), seed=seed).random(n)
   lo, hi = np.asarray(bounds, float).T
   return qmc.scale(sample, lo, hi)
@@ -159,9 +181,14 @@ class Collocation(NamedTuple):
   initial_u: jax.Array
 
 
-def heat_collocation(n: int = 10_000, boundary_fraction: float = 0.2,
-                     seed: int = 0, smooth: bool = False,
-                     dtype=jnp.float32, t_end: float = HEAT_T_END) -> Collocation:
+def heat_collocation(
+  n: int = 10_000,
+  boundary_fraction: float = 0.2,
+  seed: int = 0,
+  smooth: bool = False,
+  dtype=jnp.float32,
+  t_end: float = HEAT_T_END,
+) -> Collocation:
   """Latin-hypercube collocation: ``boundary_fraction`` of the ``n`` points on
   the space-time boundary, half on the four edges, half on the t=0 face."""
   n_bnd = int(round(boundary_fraction * n))
@@ -173,8 +200,12 @@ def heat_collocation(n: int = 10_000, boundary_fraction: float = 0.2,
   y = np.select([edge == 2, edge == 3], [0.0, 1.0], s)
   boundary = np.stack([x, y, t], axis=1)
   initial = np.concatenate(
-      [latin_hypercube(n_init, [(0, 1), (0, 1)], seed + 2),
-       np.zeros((n_init, 1))], axis=1)
+    [
+      latin_hypercube(n_init, [(0, 1), (0, 1)], seed + 2),
+      np.zeros((n_init, 1)),
+    ],
+    axis=1,
+  )
   if smooth:
     boundary_u = np.zeros(n_edge)
     initial_u = smooth_heat_exact(initial[:, 0], initial[:, 1], 0.0, xp=np)
@@ -182,8 +213,13 @@ def heat_collocation(n: int = 10_000, boundary_fraction: float = 0.2,
     boundary_u = np.asarray(heat_boundary_value(x, y))
     initial_u = np.zeros(n_init)
   cast = lambda a: jnp.asarray(a, dtype)
-  return Collocation(cast(interior), cast(boundary), cast(boundary_u),
-                     cast(initial), cast(initial_u))
+  return Collocation(
+    cast(interior),
+    cast(boundary),
+    cast(boundary_u),
+    cast(initial),
+    cast(initial_u),
+  )
 
 
 def second_derivative(u, points, i):
@@ -202,26 +238,34 @@ def heat_residual(apply, params, points, alpha):
   """u_t - alpha (u_xx + u_yy) at ``points`` (n, 3), by nested forward mode."""
   u = lambda p: apply(params, p)[:, 0]
   u_t = jax.jvp(u, (points,), (jnp.zeros_like(points).at[:, 2].set(1.0),))[1]
-  return u_t - alpha * (second_derivative(u, points, 0)
-                        + second_derivative(u, points, 1))
+  return u_t - alpha * (
+    second_derivative(u, points, 0) + second_derivative(u, points, 1)
+  )
 
 
 @functools.lru_cache(maxsize=None)
 def heat_loss_fn(apply, alpha: float = HEAT_ALPHA, lam: float = HEAT_LAMBDA):
   """The PINN loss lambda (f_BC + f_IC) + (1 - lambda) f_PDE, each f a mean
   of squares, written as its weighted residuals (a ``LeastSquares`` loss)."""
+
   def residuals(params, data: Collocation):
     r_pde = heat_residual(apply, params, data.interior, alpha)
     r_bc = apply(params, data.boundary)[:, 0] - data.boundary_u
     r_ic = apply(params, data.initial)[:, 0] - data.initial_u
     weigh = lambda w, r: jnp.sqrt(w / r.size) * r
     return (weigh(1 - lam, r_pde), weigh(lam, r_bc), weigh(lam, r_ic))
+
   return trncg_jax.LeastSquares(residuals)
 
 
-def heat_fd_reference(t: float = 1.0, n: int = 201, dt: float = 2e-3,
-                      alpha: float = HEAT_ALPHA, smooth: bool = False,
-                      cache_dir=None):
+def heat_fd_reference(
+  t: float = 1.0,
+  n: int = 201,
+  dt: float = 2e-3,
+  alpha: float = HEAT_ALPHA,
+  smooth: bool = False,
+  cache_dir=None,
+):
   """Finite-difference solution on an ``n x n`` grid of [0,1]^2 at time ``t``.
 
   Five-point Laplacian (second order in space) and BDF2 in time after one
@@ -235,6 +279,7 @@ def heat_fd_reference(t: float = 1.0, n: int = 201, dt: float = 2e-3,
   """
   import scipy.sparse as sp  # pylint: disable=g-import-not-at-top
   import scipy.sparse.linalg as spla  # pylint: disable=g-import-not-at-top
+
   cache_dir = pathlib.Path(cache_dir or pathlib.Path("results") / "cache")
   key = f"heat_fd_{'smooth' if smooth else 'paper'}_n{n}_dt{dt:g}_a{alpha:g}_t{t:g}.npz"
   path = cache_dir / key
@@ -244,19 +289,22 @@ def heat_fd_reference(t: float = 1.0, n: int = 201, dt: float = 2e-3,
   grid = np.linspace(0.0, 1.0, n)
   h = grid[1] - grid[0]
   m = n - 2  # interior nodes per direction
-  lap1 = sp.diags([np.ones(m - 1), -2 * np.ones(m), np.ones(m - 1)],
-                  [-1, 0, 1]) / h**2
+  lap1 = (
+    sp.diags([np.ones(m - 1), -2 * np.ones(m), np.ones(m - 1)], [-1, 0, 1])
+    / h**2
+  )
   eye = sp.identity(m)
   lap = (sp.kron(lap1, eye) + sp.kron(eye, lap1)).tocsc()
   # Boundary contributions to the interior stencil (u[i, j], i along x).
   if smooth:
     full = np.zeros((n, n))
-    full[1:-1, 1:-1] = smooth_heat_exact(grid[1:-1, None], grid[None, 1:-1],
-                                         0.0, alpha, xp=np)
+    full[1:-1, 1:-1] = smooth_heat_exact(
+      grid[1:-1, None], grid[None, 1:-1], 0.0, alpha, xp=np
+    )
   else:
     # Right (x = 1) and bottom (y = 0) edges stay 0; corners take the hot value.
     full = np.zeros((n, n))
-    full[0, :] = 1.0   # left edge x = 0
+    full[0, :] = 1.0  # left edge x = 0
     full[:, -1] = 1.0  # top edge y = 1
   bc = np.zeros((m, m))
   bc[0, :] += full[0, 1:-1]
@@ -281,6 +329,7 @@ def heat_fd_reference(t: float = 1.0, n: int = 201, dt: float = 2e-3,
 def interpolate_grid(grid, u, points_xy):
   """Bilinear interpolation of grid values at (x, y) points."""
   from scipy.interpolate import RegularGridInterpolator  # pylint: disable=g-import-not-at-top
+
   return RegularGridInterpolator((grid, grid), u)(points_xy)
 
 
@@ -293,8 +342,10 @@ def relative_l2(pred, ref) -> float:
 # 2d Poisson: -Delta u = 2 pi^2 sin(pi x) sin(pi y) on [0,1]^2, u = 0 on the
 # boundary (Mueller & Zeinhofer 2023; Dangel, Mueller & Zeinhofer 2024).
 
-POISSON_SIZES = {"poisson_257": (2, 64, 1),
-                 "poisson_9873": (2, 64, 64, 48, 48, 1)}
+POISSON_SIZES = {
+  "poisson_257": (2, 64, 1),
+  "poisson_9873": (2, 64, 64, 48, 48, 1),
+}
 
 
 def poisson_exact(xy, xp=jnp):
@@ -310,29 +361,46 @@ class PoissonData(NamedTuple):
   test: jax.Array
 
 
-def poisson_data(n_interior: int = 900, n_boundary: int = 120,
-                 n_test: int = 9_000, seed: int = 0,
-                 dtype=jnp.float64) -> PoissonData:
+def poisson_data(
+  n_interior: int = 900,
+  n_boundary: int = 120,
+  n_test: int = 9_000,
+  seed: int = 0,
+  dtype=jnp.float64,
+) -> PoissonData:
   """Uniform random points in the square, on its edges, and held out."""
   rng = np.random.default_rng(seed)
   s, side = rng.uniform(0, 1, n_boundary), np.arange(n_boundary) % 4
-  boundary = np.stack([np.select([side == 0, side == 1], [0.0, 1.0], s),
-                       np.select([side == 2, side == 3], [0.0, 1.0], s)], 1)
+  boundary = np.stack(
+    [
+      np.select([side == 0, side == 1], [0.0, 1.0], s),
+      np.select([side == 2, side == 3], [0.0, 1.0], s),
+    ],
+    1,
+  )
   cast = lambda a: jnp.asarray(a, dtype)
-  return PoissonData(cast(rng.uniform(0, 1, (n_interior, 2))), cast(boundary),
-                     cast(rng.uniform(0, 1, (n_test, 2))))
+  return PoissonData(
+    cast(rng.uniform(0, 1, (n_interior, 2))),
+    cast(boundary),
+    cast(rng.uniform(0, 1, (n_test, 2))),
+  )
 
 
 @functools.lru_cache(maxsize=None)
 def poisson_loss_fn(apply):
   """1/2 mean(residual^2) + 1/2 mean(boundary^2), as weighted residuals."""
+
   def residuals(params, interior, boundary):
     u = lambda p: apply(params, p)[:, 0]
-    laplacian = (second_derivative(u, interior, 0)
-                 + second_derivative(u, interior, 1))
+    laplacian = second_derivative(u, interior, 0) + second_derivative(
+      u, interior, 1
+    )
     source = 2 * np.pi**2 * poisson_exact(interior)
-    return ((-laplacian - source) / jnp.sqrt(2.0 * interior.shape[0]),
-            u(boundary) / jnp.sqrt(2.0 * boundary.shape[0]))
+    return (
+      (-laplacian - source) / jnp.sqrt(2.0 * interior.shape[0]),
+      u(boundary) / jnp.sqrt(2.0 * boundary.shape[0]),
+    )
+
   return trncg_jax.LeastSquares(residuals)
 
 

@@ -19,8 +19,12 @@ import torch
 
 def n_e_from_params(params) -> torch.nn.Sequential:
   """The tanh MLP N_e in PyTorch, with the weights of an nnx params state."""
-  kernels = [np.asarray(layer["kernel"][...]) for layer in params["layers"].values()]
-  biases = [np.asarray(layer["bias"][...]) for layer in params["layers"].values()]
+  kernels = [
+    np.asarray(layer["kernel"][...]) for layer in params["layers"].values()
+  ]
+  biases = [
+    np.asarray(layer["bias"][...]) for layer in params["layers"].values()
+  ]
   modules = []
   for i, (w, b) in enumerate(zip(kernels, biases)):
     linear = torch.nn.Linear(w.shape[0], w.shape[1])
@@ -53,12 +57,20 @@ def steihaug(g, hvp, radius, tol, max_steps):
     if curvature <= 0:
       tau = _boundary_tau(p, d, radius)
       # m(p + tau d) - m(p) = tau r.d + tau^2 d.Hd / 2
-      return p + tau * d, reduction - (tau * (r @ d) + 0.5 * tau**2 * curvature), j
+      return (
+        p + tau * d,
+        reduction - (tau * (r @ d) + 0.5 * tau**2 * curvature),
+        j,
+      )
     alpha = rr / curvature
     p_next = p + alpha * d
     if torch.linalg.norm(p_next) >= radius:
       tau = _boundary_tau(p, d, radius)
-      return p + tau * d, reduction - (tau * (r @ d) + 0.5 * tau**2 * curvature), j
+      return (
+        p + tau * d,
+        reduction - (tau * (r @ d) + 0.5 * tau**2 * curvature),
+        j,
+      )
     reduction = reduction + 0.5 * alpha * rr
     r_next = r + alpha * hd
     if torch.linalg.norm(r_next) < tol:
@@ -68,8 +80,18 @@ def steihaug(g, hvp, radius, tol, max_steps):
   return p, reduction, max_steps
 
 
-def run(params, x, y, iterations: int, initial_radius=2.0, max_radius=10.0,
-        eta=1e-3, cg_tol=1e-8, max_cg_steps=500, threads: int | None = None):
+def run(
+  params,
+  x,
+  y,
+  iterations: int,
+  initial_radius=2.0,
+  max_radius=10.0,
+  eta=1e-3,
+  cg_tol=1e-8,
+  max_cg_steps=500,
+  threads: int | None = None,
+):
   """Paper TRNCG on N_e's MSE for ``iterations`` outer iterations.
 
   Returns a dict: seconds, iterations, hvps, gradients and the loss history.
@@ -101,12 +123,14 @@ def run(params, x, y, iterations: int, initial_radius=2.0, max_radius=10.0,
   value, grad = value_and_grad(theta)
   losses, hvps, gradients = [float(value)], 0, 1
   for _ in range(iterations):
-    hvp = lambda v: torch.autograd.functional.vhp(loss, theta, v)[1]
+    hvp = lambda v: torch.autograd.functional.vhp(loss, theta, v)[1]  # noqa: B023
     step, predicted, steps = steihaug(grad, hvp, radius, cg_tol, max_cg_steps)
     hvps += steps
     trial_value, trial_grad = value_and_grad(theta + step)
     gradients += 1
-    rho = float((value - trial_value) / predicted) if predicted > 0 else -math.inf
+    rho = (
+      float((value - trial_value) / predicted) if predicted > 0 else -math.inf
+    )
     step_norm = float(torch.linalg.norm(step))
     if rho < 0.25:
       radius *= 0.25
@@ -116,5 +140,10 @@ def run(params, x, y, iterations: int, initial_radius=2.0, max_radius=10.0,
       theta, value, grad = theta + step, trial_value, trial_grad
     losses.append(float(value))
   seconds = time.perf_counter() - start
-  return dict(seconds=seconds, iterations=iterations, hvps=hvps,
-              gradients=gradients, losses=losses)
+  return dict(
+    seconds=seconds,
+    iterations=iterations,
+    hvps=hvps,
+    gradients=gradients,
+    losses=losses,
+  )

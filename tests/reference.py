@@ -67,7 +67,9 @@ def nystrom_numpy(A, omega, damping=0.0):
   mu = nu + damping * lam[0]
   outside = np.eye(n) - U @ U.T
   M = ((U * (lam + mu)) @ U.T + (lam[-1] + mu) * outside) / (lam[0] + mu)
-  M_inverse = (lam[0] + mu) * ((U / (lam + mu)) @ U.T + outside / (lam[-1] + mu))
+  M_inverse = (lam[0] + mu) * (
+    (U / (lam + mu)) @ U.T + outside / (lam[-1] + mu)
+  )
   return M, M_inverse
 
 

@@ -1,18 +1,20 @@
 """The paper benchmark: problems, reference solution, sampling, and a fast run
 of every path (the same code as `python -m benchmarks.paper`, tiny sizes)."""
 
+import pytest
+
+pytest.importorskip("flax")  # a benchmark extra: pip install -e '.[bench]'
+
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import paper, problems as P
+from benchmarks import paper
+from benchmarks import problems as P
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -27,8 +29,9 @@ def test_parameter_counts_match_the_paper():
 def test_finite_differences_converge_to_the_exact_smooth_solution(tmp_path):
   errors = []
   for n in (17, 33, 65):
-    grid, u = P.heat_fd_reference(1.0, n=n, dt=1e-2, smooth=True,
-                                  cache_dir=tmp_path)
+    grid, u = P.heat_fd_reference(
+      1.0, n=n, dt=1e-2, smooth=True, cache_dir=tmp_path
+    )
     exact = P.smooth_heat_exact(grid[:, None], grid[None, :], 1.0, xp=np)
     errors.append(P.relative_l2(u, exact))
   assert errors[-1] < 1e-3
@@ -37,18 +40,19 @@ def test_finite_differences_converge_to_the_exact_smooth_solution(tmp_path):
   # The cache returns the same array without recomputing.
   cached = list(tmp_path.glob("*.npz"))
   assert len(cached) == 3
-  grid2, u2 = P.heat_fd_reference(1.0, n=65, dt=1e-2, smooth=True,
-                                  cache_dir=tmp_path)
+  grid2, u2 = P.heat_fd_reference(
+    1.0, n=65, dt=1e-2, smooth=True, cache_dir=tmp_path
+  )
   np.testing.assert_array_equal(u2, u)
 
 
 def test_paper_reference_respects_maximum_principle_and_boundaries(tmp_path):
   grid, u = P.heat_fd_reference(1.0, n=41, dt=1e-2, cache_dir=tmp_path)
   assert u.min() >= -1e-12 and u.max() <= 1 + 1e-12
-  np.testing.assert_array_equal(u[0, 1:], 1.0)    # left edge
-  np.testing.assert_array_equal(u[1:, -1], 1.0)   # top edge
+  np.testing.assert_array_equal(u[0, 1:], 1.0)  # left edge
+  np.testing.assert_array_equal(u[1:, -1], 1.0)  # top edge
   np.testing.assert_array_equal(u[-1, :-1], 0.0)  # right edge
-  np.testing.assert_array_equal(u[1:, 0], 0.0)    # bottom edge
+  np.testing.assert_array_equal(u[1:, 0], 0.0)  # bottom edge
   # The reflection (x, y) -> (1 - y, 1 - x) maps the left edge to the top and
   # the bottom to the right, and keeps u(., 0) = 0: the solution is symmetric.
   inner = u[1:-1, 1:-1]
@@ -81,14 +85,20 @@ def test_latin_hypercube_collocation():
 def test_heat_residual_against_closed_forms():
   pts = jnp.asarray(P.latin_hypercube(50, [(0, 1), (0, 1), (0, 5)], 0))
   alpha = P.HEAT_ALPHA
-  exact = lambda params, p: P.smooth_heat_exact(p[:, 0], p[:, 1], p[:, 2])[:, None]
-  np.testing.assert_allclose(P.heat_residual(exact, None, pts, alpha), 0.0,
-                             atol=1e-12)
-  poly = lambda params, p: (p[:, 0] ** 2 * p[:, 1] + 3 * p[:, 2] * p[:, 1] ** 2)[:, None]
+  exact = lambda params, p: P.smooth_heat_exact(p[:, 0], p[:, 1], p[:, 2])[
+    :, None
+  ]
+  np.testing.assert_allclose(
+    P.heat_residual(exact, None, pts, alpha), 0.0, atol=1e-12
+  )
+  poly = lambda params, p: (
+    p[:, 0] ** 2 * p[:, 1] + 3 * p[:, 2] * p[:, 1] ** 2
+  )[:, None]
   # u_t = 3 y^2, u_xx = 2 y, u_yy = 6 t.
   expected = 3 * pts[:, 1] ** 2 - alpha * (2 * pts[:, 1] + 6 * pts[:, 2])
-  np.testing.assert_allclose(P.heat_residual(poly, None, pts, alpha), expected,
-                             rtol=1e-12)
+  np.testing.assert_allclose(
+    P.heat_residual(poly, None, pts, alpha), expected, rtol=1e-12
+  )
 
 
 def test_residual_form_losses_equal_the_papers_formulas():
@@ -101,19 +111,23 @@ def test_residual_form_losses_equal_the_papers_formulas():
   apply, params = P.init_mlp(P.N_P_SIZES, 0, jnp.float64)
   data = P.heat_collocation(200, seed=0, dtype=jnp.float64)
   u = lambda pts: np.asarray(apply(params, pts)[:, 0])
-  f_pde = np.mean(np.asarray(
-      P.heat_residual(apply, params, data.interior, P.HEAT_ALPHA)) ** 2)
+  f_pde = np.mean(
+    np.asarray(P.heat_residual(apply, params, data.interior, P.HEAT_ALPHA)) ** 2
+  )
   f_bc = np.mean((u(data.boundary) - np.asarray(data.boundary_u)) ** 2)
   f_ic = np.mean((u(data.initial) - np.asarray(data.initial_u)) ** 2)
   lam = 0.3
   np.testing.assert_allclose(
-      P.heat_loss_fn(apply, P.HEAT_ALPHA, lam)(params, data),
-      lam * (f_bc + f_ic) + (1 - lam) * f_pde, rtol=1e-12)
+    P.heat_loss_fn(apply, P.HEAT_ALPHA, lam)(params, data),
+    lam * (f_bc + f_ic) + (1 - lam) * f_pde,
+    rtol=1e-12,
+  )
 
 
 def test_every_optimizer_has_its_caps_chunk_and_colour():
   # A KeyError at the full size would only show after hours of other runs.
   from benchmarks import plots  # pylint: disable=g-import-not-at-top
+
   names = set(paper.make_optimizers())
   for size in (paper.TINY, paper.SMALL, paper.FULL):
     assert set(size.max_steps) == names
@@ -124,25 +138,39 @@ def test_every_optimizer_has_its_caps_chunk_and_colour():
 
 def test_pinn_verdicts():
   def row(name, l2, problem="heat_smooth"):
-    return dict(problem=problem, optimizer=name, relative_l2=l2,
-                budget_seconds=10.0)
+    return dict(
+      problem=problem, optimizer=name, relative_l2=l2, budget_seconds=10.0
+    )
+
   assert paper.verdicts([row("trncg_gn_nystrom", 9e-5)]) == [
-      "- heat_smooth: trncg_gn_nystrom rel. L2 9.00e-05 (Adam not run) at "
-      "10.0 s each; target <= 0.0001: met"]
+    "- heat_smooth: trncg_gn_nystrom rel. L2 9.00e-05 (Adam not run) at "
+    "10.0 s each; target <= 0.0001: met"
+  ]
   assert "MISSED" in paper.verdicts([row("trncg_gn", 2e-4)])[0]
   # Below the bound but not below Adam: missed.
-  lines = paper.verdicts([row("trncg", 1e-2, "heat"), row("adam", 5e-3, "heat")])
-  assert lines == ["- heat: trncg rel. L2 1.00e-02 vs Adam 5.00e-03 at 10.0 s "
-                   "each; target <= 0.02: MISSED"]
-  assert "met" in paper.verdicts([row("trncg", 1e-2, "heat"),
-                                  row("adam", 2e-2, "heat")])[0]
+  lines = paper.verdicts(
+    [row("trncg", 1e-2, "heat"), row("adam", 5e-3, "heat")]
+  )
+  assert lines == [
+    "- heat: trncg rel. L2 1.00e-02 vs Adam 5.00e-03 at 10.0 s "
+    "each; target <= 0.02: MISSED"
+  ]
+  assert (
+    "met"
+    in paper.verdicts([row("trncg", 1e-2, "heat"), row("adam", 2e-2, "heat")])[
+      0
+    ]
+  )
 
 
 def test_work_counts():
   # HVPs are the whole count, the Nystrom sketch's included, not CG steps.
   hist = {"cg_steps": np.array([0, 3, 4, 5]), "hvps": np.array([0, 53, 4, 5])}
   assert paper.work_counts(hist, 3) == (4, 62)
-  assert paper.work_counts({"linesearch_steps": np.array([0, 2, 1])}, 2) == (4, 0)
+  assert paper.work_counts({"linesearch_steps": np.array([0, 2, 1])}, 2) == (
+    4,
+    0,
+  )
   assert paper.work_counts({"loss": np.zeros(6)}, 5) == (6, 0)
 
 
@@ -158,19 +186,35 @@ def test_tiny_run_covers_every_problem_and_optimizer(tiny_run):
   optimizers = set(paper.make_optimizers())
   problems = set(paper.TINY.functions) | {"heat", "heat_smooth"}
   assert {(r["problem"], r["optimizer"]) for r in results} == {
-      (p, o) for p in problems for o in optimizers}
+    (p, o) for p in problems for o in optimizers
+  }
   for r in results:
-    saved = json.loads((out / f"paper_{r['problem']}_{r['optimizer']}.json").read_text())
-    for key in ("iterations", "wall_seconds", "compile_seconds", "final_train_loss",
-                "relative_l2", "gradients", "hvps", "history"):
+    saved = json.loads(
+      (out / f"paper_{r['problem']}_{r['optimizer']}.json").read_text()
+    )
+    for key in (
+      "iterations",
+      "wall_seconds",
+      "compile_seconds",
+      "final_train_loss",
+      "relative_l2",
+      "gradients",
+      "hvps",
+      "history",
+    ):
       assert key in saved, key
     assert len(saved["history"]["loss"]) == saved["iterations"] + 1
     assert np.isfinite(saved["relative_l2"])
     if r["optimizer"].startswith("trncg"):
       # CG's products, plus 50 per Nystrom sketch (iterations 0, 10, ...).
-      sketches = (len(range(0, saved["iterations"], 10))
-                  if r["optimizer"] == "trncg_gn_nystrom" else 0)
-      assert saved["hvps"] == sum(saved["history"]["cg_steps"][1:]) + 50 * sketches
+      sketches = (
+        len(range(0, saved["iterations"], 10))
+        if r["optimizer"] == "trncg_gn_nystrom"
+        else 0
+      )
+      assert (
+        saved["hvps"] == sum(saved["history"]["cg_steps"][1:]) + 50 * sketches
+      )
       assert saved["hvps"] > 0
       assert saved["gradients"] == saved["iterations"] + 1
     else:
@@ -181,18 +225,36 @@ def test_tiny_run_covers_every_problem_and_optimizer(tiny_run):
       assert saved["budget_seconds"] > 0
   report = (out / "paper.md").read_text()
   assert "| problem | optimizer |" in report and "Targets:" in report
-  for name in ("fig1_fits", "fig2_loss_first500", "fig3_tr_diagnostics",
-               "fig4_iterations_time", "fig5_pinn_loss", "fig6_heat_solution",
-               "fig6_heat_smooth_solution"):
+  for name in (
+    "fig1_fits",
+    "fig2_loss_first500",
+    "fig3_tr_diagnostics",
+    "fig4_iterations_time",
+    "fig5_pinn_loss",
+    "fig6_heat_solution",
+    "fig6_heat_smooth_solution",
+  ):
     png = out / f"{name}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert f"({name}.png)" in report
 
 
 def test_fixed_pinn_budget_and_chosen_optimizers(tmp_path):
-  results = paper.main(["--tiny", "--only", "heat", "--pinn-seconds", "0.2",
-                        "--optimizers", "trncg_gn", "adam", "--out",
-                        str(tmp_path), "--no-progress"])
+  results = paper.main(
+    [
+      "--tiny",
+      "--only",
+      "heat",
+      "--pinn-seconds",
+      "0.2",
+      "--optimizers",
+      "trncg_gn",
+      "adam",
+      "--out",
+      str(tmp_path),
+      "--no-progress",
+    ]
+  )
   assert [r["optimizer"] for r in results] == ["trncg_gn", "adam"]
   assert all(r["budget_seconds"] == 0.2 for r in results)
   assert "--pinn-seconds 0.2" in (tmp_path / "paper.md").read_text()
@@ -200,21 +262,33 @@ def test_fixed_pinn_budget_and_chosen_optimizers(tmp_path):
     paper.main(["--tiny", "--only", "heat", "--optimizers", "adam"])
 
 
-@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+  "notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name
+)
 def test_notebook_runs_and_is_stripped(notebook, tmp_path):
   import nbformat
   from nbclient import NotebookClient
+
   nb = nbformat.read(notebook, as_version=4)
   assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
-  assert all(c.get("execution_count") is None for c in nb.cells
-             if c.cell_type == "code")
+  assert all(
+    c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"
+  )
   os.environ["TRNCG_NOTEBOOK_SIZE"] = "tiny"
   try:
-    NotebookClient(nb, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(
+      nb,
+      timeout=900,
+      kernel_name="python3",
+      resources={"metadata": {"path": str(ROOT)}},
+    ).execute()
   finally:
     os.environ.pop("TRNCG_NOTEBOOK_SIZE")
-  images = [o for c in nb.cells if c.cell_type == "code"
-            for o in c.outputs if "image/png" in o.get("data", {})]
+  images = [
+    o
+    for c in nb.cells
+    if c.cell_type == "code"
+    for o in c.outputs
+    if "image/png" in o.get("data", {})
+  ]
   assert images, "the notebook shows no figures"

@@ -68,8 +68,13 @@ RESTORE = COMMON + textwrap.dedent("""
 
 
 def run(script, *argv):
-  proc = subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-c", script, *argv],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   return proc.stdout
 

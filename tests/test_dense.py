@@ -8,15 +8,19 @@ import pytest
 import trncg_jax
 from trncg_jax import dense
 from trncg_jax.status import CGStatus
-from trncg_jax.trust_region import (DENSE_MAX_PARAMS, TRNCGHyperparams,
-                                    uses_dense_solver)
+from trncg_jax.trust_region import (
+  DENSE_MAX_PARAMS,
+  TRNCGHyperparams,
+  uses_dense_solver,
+)
 
 
 def _linear_problem(n=12, p=5, seed=0, dtype=np.float64):
   rng = np.random.default_rng(seed)
   jac, y = rng.normal(size=(n, p)), rng.normal(size=n)
   loss = trncg_jax.LeastSquares(
-      lambda x: jnp.asarray(jac, dtype) @ x - jnp.asarray(y, dtype))
+    lambda x: jnp.asarray(jac, dtype) @ x - jnp.asarray(y, dtype)
+  )
   return jac, y, loss
 
 
@@ -24,8 +28,10 @@ def _reference(jac, y, x, radius, damping_rel):
   """The A-norm subproblem solved in NumPy from its definition."""
   r = jac @ x - y
   g, b = 2 * jac.T @ r, 2 * jac.T @ jac
-  mu = max(damping_rel * np.trace(b) / len(x),
-           dense.DAMPING_FLOOR_ULPS * np.finfo(float).eps * np.trace(b))
+  mu = max(
+    damping_rel * np.trace(b) / len(x),
+    dense.DAMPING_FLOOR_ULPS * np.finfo(float).eps * np.trace(b),
+  )
   a = b + mu * np.eye(len(x))
   d = -np.linalg.solve(a, g)
   d_norm = np.sqrt(d @ a @ d)
@@ -51,28 +57,39 @@ def test_matches_numpy_reference(radius, damping):
 
 def test_trncg_solves_linear_least_squares_like_lstsq():
   jac, y, loss = _linear_problem(n=30, p=6, seed=1)
-  res = trncg_jax.solve(loss, jnp.zeros(6), grad_tol=1e-10, max_steps=50,
-                        optimizer=trncg_jax.trncg(hvp_mode="gauss_newton"))
-  np.testing.assert_allclose(res.params, np.linalg.lstsq(jac, y)[0],
-                             rtol=1e-8, atol=1e-10)
+  res = trncg_jax.solve(
+    loss,
+    jnp.zeros(6),
+    grad_tol=1e-10,
+    max_steps=50,
+    optimizer=trncg_jax.trncg(hvp_mode="gauss_newton"),
+  )
+  np.testing.assert_allclose(
+    res.params, np.linalg.lstsq(jac, y)[0], rtol=1e-8, atol=1e-10
+  )
   # Each iteration forms J by P = 6 JVPs: the work counter says so.
-  assert set(res.history["hvps"][1:res.num_steps + 1].tolist()) == {6}
+  assert set(res.history["hvps"][1 : res.num_steps + 1].tolist()) == {6}
 
 
 def test_pytree_params_float32_and_scaling():
   """Dict params in float32; residuals scaled by 2^60 give the same step
   (the system is scaled by a power of two, exactly)."""
+
   def residuals(p, scale):
-    return scale * jnp.concatenate([p["w"] @ jnp.ones(3) - 1.0,
-                                    p["b"] - jnp.arange(2.0)])
+    return scale * jnp.concatenate(
+      [p["w"] @ jnp.ones(3) - 1.0, p["b"] - jnp.arange(2.0)]
+    )
+
   params = {"w": jnp.ones((2, 3), jnp.float32), "b": jnp.zeros(2, jnp.float32)}
   steps = []
   for scale in (1.0, 2.0**60):
     loss = trncg_jax.LeastSquares(
-        lambda p, s=scale: residuals(p, jnp.float32(s)))
+      lambda p, s=scale: residuals(p, jnp.float32(s))
+    )
     grad = jax.grad(loss)(params)
-    res = dense.dense_gauss_newton(loss, params, grad,
-                                   jnp.float32(1e30), jnp.float32(0.0))
+    res = dense.dense_gauss_newton(
+      loss, params, grad, jnp.float32(1e30), jnp.float32(0.0)
+    )
     assert res.step["w"].dtype == jnp.float32
     assert np.all(np.isfinite(res.step["w"]))
     steps.append(res.step)
@@ -95,8 +112,9 @@ def test_batched_jacobian_matches_jacfwd(monkeypatch):
   monkeypatch.setattr(dense, "JACOBIAN_BATCH_ENTRIES", 100)  # batches of 2
   batched = dense.residual_jacobian(loss, x)
   np.testing.assert_allclose(full, batched, rtol=1e-12)
-  np.testing.assert_allclose(full.T, jax.jacfwd(loss.residual_fn)(x),
-                             rtol=1e-12)
+  np.testing.assert_allclose(
+    full.T, jax.jacfwd(loss.residual_fn)(x), rtol=1e-12
+  )
 
 
 def test_auto_selects_dense_for_small_gauss_newton_only():
@@ -106,20 +124,28 @@ def test_auto_selects_dense_for_small_gauss_newton_only():
   assert not uses_dense_solver(gn, big)
   assert not uses_dense_solver(TRNCGHyperparams(), small)
   assert not uses_dense_solver(
-      TRNCGHyperparams(hvp_mode="gauss_newton", nystrom_rank=2), small)
+    TRNCGHyperparams(hvp_mode="gauss_newton", nystrom_rank=2), small
+  )
   assert uses_dense_solver(
-      TRNCGHyperparams(hvp_mode="gauss_newton", solver="dense"), big)
+    TRNCGHyperparams(hvp_mode="gauss_newton", solver="dense"), big
+  )
   assert not uses_dense_solver(
-      TRNCGHyperparams(hvp_mode="gauss_newton", solver="cg"), small)
+    TRNCGHyperparams(hvp_mode="gauss_newton", solver="cg"), small
+  )
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(solver="qr"), "solver must be one of"),
     (dict(solver="dense"), "solver='dense' needs hvp_mode='gauss_newton'"),
-    (dict(solver="dense", hvp_mode="gauss_newton", nystrom_rank=2),
-     "nystrom_rank=0"),
+    (
+      dict(solver="dense", hvp_mode="gauss_newton", nystrom_rank=2),
+      "nystrom_rank=0",
+    ),
     (dict(dense_damping=-1.0), "dense_damping"),
-])
+  ],
+)
 def test_invalid_solver_configuration(kwargs, match):
   with pytest.raises(ValueError, match=match):
     trncg_jax.trncg(**kwargs)
@@ -127,6 +153,9 @@ def test_invalid_solver_configuration(kwargs, match):
 
 def test_dense_needs_least_squares_loss():
   with pytest.raises(TypeError, match="LeastSquares"):
-    trncg_jax.solve(lambda x: jnp.sum(x**2), jnp.ones(2), max_steps=2,
-                    optimizer=trncg_jax.trncg(hvp_mode="gauss_newton",
-                                              solver="dense"))
+    trncg_jax.solve(
+      lambda x: jnp.sum(x**2),
+      jnp.ones(2),
+      max_steps=2,
+      optimizer=trncg_jax.trncg(hvp_mode="gauss_newton", solver="dense"),
+    )

@@ -12,14 +12,18 @@ from trncg_jax.hvp import make_hvp
 
 def mlp_loss(params, x, y):
   h = jnp.tanh(x @ params["w1"] + params["b1"])
-  return jnp.mean((h @ params["w2"] - y) ** 2) + 0.1 * jnp.sum(params["b1"] ** 4)
+  return jnp.mean((h @ params["w2"] - y) ** 2) + 0.1 * jnp.sum(
+    params["b1"] ** 4
+  )
 
 
 def _setup():
   rng = np.random.default_rng(0)
-  params = {"w1": jnp.asarray(rng.standard_normal((2, 3))),
-            "b1": jnp.asarray(rng.standard_normal(3)),
-            "w2": jnp.asarray(rng.standard_normal((3,)))}
+  params = {
+    "w1": jnp.asarray(rng.standard_normal((2, 3))),
+    "b1": jnp.asarray(rng.standard_normal(3)),
+    "w2": jnp.asarray(rng.standard_normal((3,))),
+  }
   x = jnp.asarray(rng.standard_normal((8, 2)))
   y = jnp.asarray(rng.standard_normal(8))
   v = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), params)
@@ -33,10 +37,12 @@ def test_hvp_equals_explicit_hessian(mode):
   hessian = jax.hessian(lambda f: mlp_loss(unravel(f), x, y))(flat)
   expected = hessian @ jax.flatten_util.ravel_pytree(v)[0]
   out = jax.jit(lambda p, v: make_hvp(lambda q: mlp_loss(q, x, y), p, mode)(v))(
-      params, v)
+    params, v
+  )
   assert jax.tree.structure(out) == jax.tree.structure(params)
-  np.testing.assert_allclose(jax.flatten_util.ravel_pytree(out)[0], expected,
-                             rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(
+    jax.flatten_util.ravel_pytree(out)[0], expected, rtol=1e-10, atol=1e-12
+  )
 
 
 @jax.custom_vjp
@@ -44,8 +50,9 @@ def softplus(x):
   return jnp.logaddexp(x, 0.0)
 
 
-softplus.defvjp(lambda x: (softplus(x), x),
-                lambda x, g: (g * jax.nn.sigmoid(x),))
+softplus.defvjp(
+  lambda x: (softplus(x), x), lambda x, g: (g * jax.nn.sigmoid(x),)
+)
 
 
 def test_custom_vjp_needs_reverse_over_reverse():

@@ -8,8 +8,8 @@ import optax
 import pytest
 
 import trncg_jax
-from trncg_jax.hvp import make_hvp
 from tests.test_transform import run_optax
+from trncg_jax.hvp import make_hvp
 
 
 def exp_residuals(params, a, y):
@@ -29,8 +29,10 @@ def _data(seed=0, n=7):
   rng = np.random.default_rng(seed)
   a = rng.standard_normal((n, 3)) * 0.5
   y = rng.standard_normal(n)
-  params = {"w": jnp.asarray(rng.standard_normal(3) * 0.3),
-            "b": jnp.asarray(np.float64(0.1))}
+  params = {
+    "w": jnp.asarray(rng.standard_normal(3) * 0.3),
+    "b": jnp.asarray(np.float64(0.1)),
+  }
   return params, jnp.asarray(a), jnp.asarray(y)
 
 
@@ -67,14 +69,20 @@ def test_linear_least_squares_solved_in_one_step():
   a = rng.standard_normal((20, 5))
   b = rng.standard_normal(20)
   loss = trncg_jax.LeastSquares(lambda x, a, b: a @ x - b)
-  state = trncg_jax.trncg_init(jnp.zeros(5), hvp_mode="gauss_newton",
-                               initial_radius=100.0, max_radius=100.0,
-                               cg_tol=1e-12, inexact_newton=False)
+  state = trncg_jax.trncg_init(
+    jnp.zeros(5),
+    hvp_mode="gauss_newton",
+    initial_radius=100.0,
+    max_radius=100.0,
+    cg_tol=1e-12,
+    inexact_newton=False,
+  )
   x, state = trncg_jax.trncg_update(jnp.zeros(5), state, loss, a, b)
   assert int(state.info.cg_status) == trncg_jax.CGStatus.CONVERGED
   assert int(state.info.cg_steps) <= 5  # CG is exact in n steps
-  np.testing.assert_allclose(x, np.linalg.lstsq(a, b, rcond=None)[0],
-                             rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(
+    x, np.linalg.lstsq(a, b, rcond=None)[0], rtol=1e-9, atol=1e-12
+  )
 
 
 def rosenbrock_residuals(x):
@@ -85,8 +93,13 @@ def rosenbrock_residuals(x):
 def test_reaches_the_rosenbrock_minimum_without_negative_curvature():
   loss = trncg_jax.LeastSquares(rosenbrock_residuals)
   x0 = jnp.array([-1.2, 1.0])
-  gn = trncg_jax.solve(loss, x0, grad_tol=1e-10, max_steps=200,
-                       optimizer=trncg_jax.trncg(hvp_mode="gauss_newton"))
+  gn = trncg_jax.solve(
+    loss,
+    x0,
+    grad_tol=1e-10,
+    max_steps=200,
+    optimizer=trncg_jax.trncg(hvp_mode="gauss_newton"),
+  )
   assert gn.status == trncg_jax.SolveStatus.GRAD_TOL
   np.testing.assert_allclose(gn.params, [1.0, 1.0], rtol=1e-8)
   negative = trncg_jax.CGStatus.NEGATIVE_CURVATURE
@@ -111,8 +124,9 @@ def test_optax_interface_with_kwargs_and_no_retracing():
   @chex.assert_max_traces(n=1)
   def step(params, state):
     value, grad = value_and_grad(params, state=state, a=a, y=y)
-    updates, state = opt.update(grad, state, params, value=value, grad=grad,
-                                value_fn=loss, a=a, y=y)
+    updates, state = opt.update(
+      grad, state, params, value=value, grad=grad, value_fn=loss, a=a, y=y
+    )
     return optax.apply_updates(params, updates), state
 
   state = opt.init(params)

@@ -6,6 +6,10 @@ its HVPs (they are an argument of the loss, not params), and they advance
 only when a step is accepted, through ``has_aux``.
 """
 
+import pytest
+
+pytest.importorskip("flax")  # a benchmark extra: pip install -e '.[bench]'
+
 import equinox as eqx
 import flax.linen as nn
 import jax
@@ -35,13 +39,18 @@ def test_flax_linen_batchnorm_statistics_advance_only_on_accepted_steps():
   def loss(params, stats, x, y):
     # Train mode normalizes with this batch's statistics (a function of the
     # params, so the HVPs see them); the running averages are an output only.
-    pred, updated = net.apply({"params": params, "batch_stats": stats}, x,
-                              train=True, mutable=["batch_stats"])
+    pred, updated = net.apply(
+      {"params": params, "batch_stats": stats},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
     return jnp.mean((pred - y) ** 2), updated["batch_stats"]
 
   aux = jax.eval_shape(loss, params, stats, X, Y)[1]
   state = trncg_jax.trncg_init(params, has_aux=True, aux=aux)
   update = jax.jit(trncg_jax.trncg_update, static_argnums=2)
+
   def momentum_average(previous, params):
     # Independent reference: flax's momentum average of the batch mean of the
     # pre-normalization activations.
@@ -58,9 +67,12 @@ def test_flax_linen_batchnorm_statistics_advance_only_on_accepted_steps():
     stats = state.info.aux  # the running averages of the params returned
     if bool(state.info.accepted) or k == 0:  # k == 0: x0 was evaluated now
       accepted += bool(state.info.accepted)
-      np.testing.assert_allclose(stats["bn"]["mean"],
-                                 momentum_average(previous, params),
-                                 rtol=1e-5, atol=1e-7)
+      np.testing.assert_allclose(
+        stats["bn"]["mean"],
+        momentum_average(previous, params),
+        rtol=1e-5,
+        atol=1e-7,
+      )
     else:  # rejected: no evaluation counts, the averages stay
       jax.tree.map(np.testing.assert_array_equal, stats, previous)
   assert accepted > 20
@@ -103,15 +115,19 @@ def test_flax_nnx_optimizer_makes_the_pure_apis_steps():
   for _ in range(30):
     train_step(model, optimizer, X, Y)
     params, state = update(params, state, loss, X, Y)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10),
-               nnx.state(model, nnx.Param), params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10),
+    nnx.state(model, nnx.Param),
+    params,
+  )
   assert int(optimizer.opt_state.count[...]) == 30
   assert float(loss(nnx.state(model, nnx.Param), X, Y)) < 1e-3 * initial
 
 
 def test_equinox_partition_combine_with_solve():
-  model = eqx.nn.MLP(1, 1, 16, 2, activation=jnp.tanh,
-                     key=jax.random.PRNGKey(0))
+  model = eqx.nn.MLP(
+    1, 1, 16, 2, activation=jnp.tanh, key=jax.random.PRNGKey(0)
+  )
   params, static = eqx.partition(model, eqx.is_inexact_array)
 
   def loss(params, x, y):

@@ -9,8 +9,8 @@ import scipy.optimize
 
 import trncg_jax
 from tests.reference import random_symmetric
-from trncg_jax.nonlinear_cg import BETA_RULES
 from tests.test_trust_region import TEST_FUNCTIONS, rosenbrock
+from trncg_jax.nonlinear_cg import BETA_RULES
 
 update = jax.jit(trncg_jax.nonlinear_cg_update, static_argnums=2)
 
@@ -32,9 +32,10 @@ def test_quadratic_exact_steps_all_betas_agree_conjugate_n_steps(n):
   b = jnp.asarray(rng.standard_normal(n))
   loss = lambda x: 0.5 * x @ A @ x - b @ x
   xstar = np.linalg.solve(np.asarray(A), np.asarray(b))
-  runs = {rule: run(loss, jnp.zeros(n), n, beta=rule,
-                    linesearch="exact_quadratic")
-          for rule in BETA_RULES}
+  runs = {
+    rule: run(loss, jnp.zeros(n), n, beta=rule, linesearch="exact_quadratic")
+    for rule in BETA_RULES
+  }
   reference = runs["polak-ribiere-plus"]
   for rule, (x, state, xs, directions) in runs.items():
     # The minimizer in at most n steps (N&W Theorem 5.1).
@@ -52,9 +53,12 @@ def test_quadratic_exact_steps_all_betas_agree_conjugate_n_steps(n):
 
 def scipy_cg_iterations(loss, x0):
   res = scipy.optimize.minimize(
-      lambda z: float(loss(jnp.asarray(z))), np.asarray(x0),
-      jac=lambda z: np.asarray(jax.grad(loss)(jnp.asarray(z))), method="CG",
-      options=dict(gtol=1e-6, maxiter=5000))
+    lambda z: float(loss(jnp.asarray(z))),
+    np.asarray(x0),
+    jac=lambda z: np.asarray(jax.grad(loss)(jnp.asarray(z))),
+    method="CG",
+    options=dict(gtol=1e-6, maxiter=5000),
+  )
   assert res.success, res.message
   return res.nit
 
@@ -64,7 +68,7 @@ def test_standard_functions_within_2x_of_scipy_cg(name):
   loss, x0, xstar = TEST_FUNCTIONS[name]
   x0 = jnp.asarray(x0)
   x, state = x0, trncg_jax.nonlinear_cg_init(x0)
-  for k in range(1, 5001):
+  for k in range(1, 5001):  # noqa: B007 (k is the count after the loop)
     x, state = update(x, state, loss)
     if float(state.info.grad_norm) < 1e-6:
       break
@@ -82,8 +86,9 @@ def test_optax_interface_matches_pure_form_and_chains():
   @jax.jit
   def step(x, state):
     value, grad = value_and_grad(x, state=state)
-    updates, state = opt.update(grad, state, x, value=value, grad=grad,
-                                value_fn=rosenbrock)
+    updates, state = opt.update(
+      grad, state, x, value=value, grad=grad, value_fn=rosenbrock
+    )
     return optax.apply_updates(x, updates), state
 
   x, state = x0, opt.init(x0)
@@ -141,7 +146,9 @@ def test_nan_region_keeps_params_finite():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_pytrees_and_dtypes(dtype):
   params = {"w": jnp.full((2, 2), 2.0, dtype), "b": [jnp.zeros(3, dtype)]}
-  loss = lambda p: jnp.sum((p["w"] - 0.5) ** 2) + jnp.sum((p["b"][0] + 1) ** 2 * 3)
+  loss = lambda p: (
+    jnp.sum((p["w"] - 0.5) ** 2) + jnp.sum((p["b"][0] + 1) ** 2 * 3)
+  )
   state = trncg_jax.nonlinear_cg_init(params)
   for _ in range(20):
     params, state = update(params, state, loss)
@@ -152,13 +159,16 @@ def test_pytrees_and_dtypes(dtype):
   np.testing.assert_allclose(params["b"][0], -1.0, atol=1e-3)
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(beta="hager-zhang"), "beta must be one of"),
     (dict(restart_every=0), "restart_every must be an integer in"),
     (dict(restart_every=2.5), "restart_every must be an integer in"),
     (dict(powell_nu=0.0), r"powell_nu must be a real number in \(0.0, inf\)"),
     (dict(linesearch="armijo"), "linesearch must be None"),
-])
+  ],
+)
 def test_bad_arguments_raise_value_error(kwargs, match):
   with pytest.raises(ValueError, match=match):
     trncg_jax.nonlinear_cg(**kwargs)

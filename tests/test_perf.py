@@ -1,12 +1,17 @@
 """benchmarks/perf.py: its baselines do the work they claim. No timings are
 asserted here; they live in the benchmark's output."""
 
+import pytest
+
+pytest.importorskip("flax")  # a benchmark extra: pip install -e '.[bench]'
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import trncg_jax
-from benchmarks import perf, problems as P
+from benchmarks import perf
+from benchmarks import problems as P
 
 
 def test_cg_loop_measurement_runs_all_its_steps():
@@ -25,8 +30,10 @@ def test_outer_iteration_reference_uses_its_own_cg_steps():
   out = perf.part_c(fun, prob.params, reps=1, warmup_steps=3)
   assert out["k"] >= 1 and out["k_hvps_ms"] > 0
   # k is the CG step count of the timed iteration: the fourth update.
-  params, state = prob.params, trncg_jax.trncg_init(prob.params,
-                                                    inexact_newton=True)
+  params, state = (
+    prob.params,
+    trncg_jax.trncg_init(prob.params, inexact_newton=True),
+  )
   for _ in range(4):
     params, state = trncg_jax.trncg_update(params, state, fun)
   assert out["k"] == int(state.info.cg_steps)
@@ -39,28 +46,39 @@ def test_scipy_baseline_makes_trncgs_iterations():
   prob = P.elementary_problem("exponential", 128, 128, dtype=jnp.float64)
   hyper = dict(initial_radius=2.0, max_radius=10.0, eta=1e-3)
   scipy_run = perf.scipy_trust_ncg(prob, 500, 60.0, **hyper)
-  ours = trncg_jax.solve(prob.loss, prob.params, *prob.train, max_steps=500,
-                         loss_tol=perf.LOSS_TARGET,
-                         optimizer=trncg_jax.trncg(inexact_newton=True,
-                                                   forcing_power=0.5, **hyper))
+  ours = trncg_jax.solve(
+    prob.loss,
+    prob.params,
+    *prob.train,
+    max_steps=500,
+    loss_tol=perf.LOSS_TARGET,
+    optimizer=trncg_jax.trncg(inexact_newton=True, forcing_power=0.5, **hyper),
+  )
   assert scipy_run["reached_target"]
   assert ours.status == trncg_jax.SolveStatus.LOSS_TOL
   assert abs(scipy_run["iterations"] - ours.num_steps) <= max(
-      2, 0.05 * ours.num_steps)
+    2, 0.05 * ours.num_steps
+  )
   # SciPy evaluates the model m(p) with one more hessp per iteration; trncg
   # takes m(0) - m(p) from CG's recurrences.
   ours_hvps = int(ours.history["cg_steps"].sum())
   assert abs(scipy_run["hvps"] - (ours_hvps + scipy_run["iterations"])) <= max(
-      10, 0.05 * scipy_run["hvps"])
+    10, 0.05 * scipy_run["hvps"]
+  )
 
 
 def test_pytorch_reimplementation_follows_the_same_iterates():
   pytest.importorskip("torch")
   from benchmarks import torch_trncg
+
   prob = P.elementary_problem("sin5", 256, 256)
   ours = trncg_jax.solve(
-      prob.loss, prob.params, *prob.train, max_steps=8,
-      optimizer=trncg_jax.trncg(**trncg_jax.PAPER_HYPERPARAMS))
+    prob.loss,
+    prob.params,
+    *prob.train,
+    max_steps=8,
+    optimizer=trncg_jax.trncg(**trncg_jax.PAPER_HYPERPARAMS),
+  )
   theirs = torch_trncg.run(prob.params, *prob.train, iterations=8)
   np.testing.assert_allclose(theirs["losses"], ours.history["loss"], rtol=1e-3)
   assert abs(theirs["hvps"] - int(ours.history["cg_steps"].sum())) <= 8

@@ -1,13 +1,17 @@
 """The PINN suite: the Poisson problem against its closed form, and a fast
 run of `python -m benchmarks.pinn` (tiny budgets)."""
 
+import pytest
+
+pytest.importorskip("flax")  # a benchmark extra: pip install -e '.[bench]'
+
 import dataclasses
 import json
 
-import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import pinn, problems as P
+from benchmarks import pinn
+from benchmarks import problems as P
 
 
 def test_poisson_parameter_counts_and_exact_solution():
@@ -30,11 +34,23 @@ def test_error_at_takes_the_last_record_within_the_budget():
 
 def test_quick_run_writes_results(tmp_path, monkeypatch):
   # Capped by iterations only (no time budget), so the run is deterministic.
-  tiny = {k: dataclasses.replace(b, seconds=float("inf"), max_steps=30)
-          for k, b in pinn.QUICK.items()}
+  tiny = {
+    k: dataclasses.replace(b, seconds=float("inf"), max_steps=30)
+    for k, b in pinn.QUICK.items()
+  }
   monkeypatch.setattr(pinn, "QUICK", tiny)
-  results = pinn.main(["--quick", "--problems", "poisson_257", "--no-progress",
-                       "--optimizers", "trncg_gn", "--out", str(tmp_path)])
+  results = pinn.main(
+    [
+      "--quick",
+      "--problems",
+      "poisson_257",
+      "--no-progress",
+      "--optimizers",
+      "trncg_gn",
+      "--out",
+      str(tmp_path),
+    ]
+  )
   runs = results[0]["runs"]
   assert set(runs) == {"trncg_gn", "trncg_gn_cg"}
   for run in runs.values():
@@ -49,12 +65,21 @@ def test_quick_run_writes_results(tmp_path, monkeypatch):
 
 
 def test_baselines_fill_the_iteration_budget_and_record_errors():
-  loss, params, args, error_fn, _ = pinn.setup("poisson_257",
-                                               pinn.QUICK["poisson_257"])
+  loss, params, args, error_fn, _ = pinn.setup(
+    "poisson_257", pinn.QUICK["poisson_257"]
+  )
   budget = pinn.Budget(seconds=float("inf"), max_steps=50)
   for name in ("lbfgs", "adam_0.01"):
-    run = pinn.run_traced(loss, params, args, pinn.optimizers()[name], budget,
-                          error_fn, name, progress=False)
+    run = pinn.run_traced(
+      loss,
+      params,
+      args,
+      pinn.optimizers()[name],
+      budget,
+      error_fn,
+      name,
+      progress=False,
+    )
     assert run["steps"][-1] == 50
     assert run["loss"][-1] < run["loss"][0]
     # An error per record (early on it need not fall with the loss).

@@ -11,9 +11,9 @@ import optax
 import pytest
 
 import trncg_jax
+from tests.test_transform import run_optax
 from trncg_jax import SolveStatus
 from trncg_jax.nonlinear_cg import MAX_REJECTIONS
-from tests.test_transform import run_optax
 
 
 def quartic(x):
@@ -21,45 +21,52 @@ def quartic(x):
 
 
 # 1. A transformation after trncg in optax.chain.
-@pytest.mark.parametrize("after", [optax.scale(0.5),
-                                   optax.clip_by_global_norm(0.1)])
+@pytest.mark.parametrize(
+  "after", [optax.scale(0.5), optax.clip_by_global_norm(0.1)]
+)
 def test_chained_transformation_after_trncg_does_not_stall(after):
   reference = trncg_jax.solve(quartic, jnp.zeros(2), grad_tol=1e-12)
-  x, state = run_optax(optax.chain(trncg_jax.trncg(), after), quartic,
-                       jnp.zeros(2), 60)
+  x, state = run_optax(
+    optax.chain(trncg_jax.trncg(), after), quartic, jnp.zeros(2), 60
+  )
   # Before the fix: stuck at [0.5, -0.25], loss 0.319 (state said 0.106).
   np.testing.assert_allclose(x, reference.params, atol=1e-8)
   tr_state = state[0]
   # The state's value belongs to the point it names.
-  np.testing.assert_allclose(tr_state.value, quartic(tr_state.point),
-                             rtol=1e-14)
+  np.testing.assert_allclose(
+    tr_state.value, quartic(tr_state.point), rtol=1e-14
+  )
 
 
 def test_solve_with_a_chain_records_the_true_loss():
   opt = optax.chain(trncg_jax.trncg(), optax.scale(0.5))
   res = trncg_jax.solve(quartic, jnp.zeros(2), optimizer=opt, max_steps=8)
   # Before the fix the history kept the value at trncg's own point.
-  np.testing.assert_allclose(res.history["loss"][-1], quartic(res.params),
-                             rtol=1e-14)
+  np.testing.assert_allclose(
+    res.history["loss"][-1], quartic(res.params), rtol=1e-14
+  )
   assert res.history["loss"][-1] < 0.1
 
 
 # 2. Donation.
 def test_states_can_be_donated():
   loss = lambda z: jnp.sum((z - 1.0) ** 2) + jnp.sum(z**4)
-  update = jax.jit(trncg_jax.trncg_update, static_argnums=2,
-                   donate_argnums=(0, 1))
+  update = jax.jit(
+    trncg_jax.trncg_update, static_argnums=2, donate_argnums=(0, 1)
+  )
   x, state = jnp.zeros(3), trncg_jax.trncg_init(jnp.zeros(3))
   for _ in range(3):  # outputs are donated again on the next call
     x, state = update(x, state, loss)
   assert int(state.count) == 3
 
   for opt in (trncg_jax.trncg(), trncg_jax.nonlinear_cg()):
+
     @jax.jit
     def step(x, state, opt=opt):
       value, grad = optax.value_and_grad_from_state(loss)(x, state=state)
-      updates, state = opt.update(grad, state, x, value=value, grad=grad,
-                                  value_fn=loss)
+      updates, state = opt.update(
+        grad, state, x, value=value, grad=grad, value_fn=loss
+      )
       return optax.apply_updates(x, updates), state
 
     donated = jax.jit(step, donate_argnums=(0, 1))
@@ -95,9 +102,16 @@ def test_a_constant_python_float_loss_stops_at_once():
 
 
 # 5. Norms that overflow or underflow.
-@pytest.mark.parametrize("scale,dtype", [
-    (1e30, jnp.float32), (1e-30, jnp.float32), (1e20, jnp.float32),
-    (1e200, jnp.float64), (1e-200, jnp.float64)])
+@pytest.mark.parametrize(
+  "scale,dtype",
+  [
+    (1e30, jnp.float32),
+    (1e-30, jnp.float32),
+    (1e20, jnp.float32),
+    (1e200, jnp.float64),
+    (1e-200, jnp.float64),
+  ],
+)
 def test_badly_scaled_quadratic_is_solved(scale, dtype):
   loss = lambda x: scale * jnp.sum((x - 1.0) ** 2)
   res = trncg_jax.solve(loss, jnp.zeros(3, dtype), max_steps=50)
@@ -105,16 +119,20 @@ def test_badly_scaled_quadratic_is_solved(scale, dtype):
   assert res.num_steps <= 5, res.num_steps
   np.testing.assert_allclose(res.params, 1.0, rtol=10 * jnp.finfo(dtype).eps)
   # ||g|| at the start is 2 sqrt(3) scale, neither inf nor 0.
-  np.testing.assert_allclose(res.history["grad_norm"][0],
-                             2 * np.sqrt(3.0) * scale, rtol=1e-6)
+  np.testing.assert_allclose(
+    res.history["grad_norm"][0], 2 * np.sqrt(3.0) * scale, rtol=1e-6
+  )
 
 
 def test_safe_norm_matches_numpy_over_the_whole_range():
   from trncg_jax._checks import safe_norm
+
   # Normal float32 entries (XLA on CPU flushes subnormals to zero).
   for scale in (1e-35, 1e-30, 1.0, 1e19, 1e30, 1e37):
-    tree = {"a": jnp.array([3.0, -4.0], jnp.float32) * jnp.float32(scale),
-            "b": jnp.array([[12.0]], jnp.float32) * jnp.float32(scale)}
+    tree = {
+      "a": jnp.array([3.0, -4.0], jnp.float32) * jnp.float32(scale),
+      "b": jnp.array([[12.0]], jnp.float32) * jnp.float32(scale),
+    }
     expected = 13.0 * np.float64(np.float32(scale))
     np.testing.assert_allclose(float(safe_norm(tree)), expected, rtol=1e-6)
   assert float(safe_norm(jnp.zeros(3))) == 0.0
@@ -123,8 +141,10 @@ def test_safe_norm_matches_numpy_over_the_whole_range():
 
 
 # 6. Hyperparameters that the cast to the params' dtype turns to 0 or inf.
-@pytest.mark.parametrize("name,value,becomes", [
-    ("initial_radius", 1e-300, "0.0"), ("max_radius", 1e300, "inf")])
+@pytest.mark.parametrize(
+  "name,value,becomes",
+  [("initial_radius", 1e-300, "0.0"), ("max_radius", 1e300, "inf")],
+)
 def test_hyperparameters_out_of_the_params_dtype_range(name, value, becomes):
   with pytest.raises(ValueError, match=f"{name}=.* is {becomes} in float32"):
     trncg_jax.trncg_init(jnp.zeros(2, jnp.float32), **{name: value})
@@ -135,8 +155,12 @@ def test_hyperparameters_out_of_the_params_dtype_range(name, value, becomes):
 
 # 7. nonlinear_cg.
 def test_nonlinear_cg_takes_python_scalar_params():
-  res = trncg_jax.solve(lambda x: (x - 1.0) ** 2, 0.0,
-                        optimizer=trncg_jax.nonlinear_cg(), grad_tol=1e-10)
+  res = trncg_jax.solve(
+    lambda x: (x - 1.0) ** 2,
+    0.0,
+    optimizer=trncg_jax.nonlinear_cg(),
+    grad_tol=1e-10,
+  )
   assert res.status == SolveStatus.GRAD_TOL
   np.testing.assert_allclose(res.params, 1.0, atol=1e-10)
 
@@ -144,8 +168,9 @@ def test_nonlinear_cg_takes_python_scalar_params():
 def test_nonlinear_cg_steps_out_of_a_minus_inf_region():
   # The quadratic's minimizer (3, 3) lies in a region where the loss is -inf.
   loss = lambda x: jnp.where(x[0] > 1, -jnp.inf, jnp.sum((x - 3.0) ** 2))
-  res = trncg_jax.solve(loss, jnp.zeros(2), optimizer=trncg_jax.nonlinear_cg(),
-                        max_steps=30)
+  res = trncg_jax.solve(
+    loss, jnp.zeros(2), optimizer=trncg_jax.nonlinear_cg(), max_steps=30
+  )
   assert np.all(np.isfinite(res.history["loss"]))
   # Before the fix every step was the same rejected one, params stayed at 0.
   assert res.history["accepted"][1:].sum() >= 10
@@ -155,8 +180,9 @@ def test_nonlinear_cg_steps_out_of_a_minus_inf_region():
 def test_nonlinear_cg_stops_when_no_step_is_possible():
   # -inf everywhere but at the start: every line search fails.
   loss = lambda x: jnp.where(jnp.sum(x**2) > 0, -jnp.inf, 0.0) + jnp.sum(x)
-  res = trncg_jax.solve(loss, jnp.zeros(2), optimizer=trncg_jax.nonlinear_cg(),
-                        max_steps=1000)
+  res = trncg_jax.solve(
+    loss, jnp.zeros(2), optimizer=trncg_jax.nonlinear_cg(), max_steps=1000
+  )
   assert res.status == SolveStatus.STAGNATION
   assert res.num_steps == MAX_REJECTIONS
   np.testing.assert_array_equal(res.params, 0.0)
@@ -170,37 +196,50 @@ def test_trncg_stops_when_every_trial_is_non_finite():
   np.testing.assert_array_equal(res.params, 0.0)
 
 
-@pytest.mark.parametrize("options,match", [
+@pytest.mark.parametrize(
+  "options,match",
+  [
     (dict(powell_nu="0.2"), "powell_nu must be a real number"),
     (dict(restart_every="5"), "restart_every must be an integer"),
-    (dict(linesearch=optax.adam(1e-3)),
-     "linesearch must be .* stores value and grad"),
+    (
+      dict(linesearch=optax.adam(1e-3)),
+      "linesearch must be .* stores value and grad",
+    ),
     (dict(linesearch="zoom"), "linesearch must be"),
-])
+  ],
+)
 def test_nonlinear_cg_options_are_checked_at_construction(options, match):
   with pytest.raises(ValueError, match=match):
     trncg_jax.nonlinear_cg(**options)
   # A line search that does store them is accepted.
-  trncg_jax.nonlinear_cg(linesearch=optax.scale_by_backtracking_linesearch(
-      max_backtracking_steps=20, store_grad=True))
+  trncg_jax.nonlinear_cg(
+    linesearch=optax.scale_by_backtracking_linesearch(
+      max_backtracking_steps=20, store_grad=True
+    )
+  )
 
 
 # 8. Clear errors.
 def test_a_state_of_another_optimizer_or_other_params_is_named():
   x = jnp.zeros(2)
-  with pytest.raises(TypeError, match="state is a NonlinearCGState, not a "
-                     "TRNCGState"):
+  with pytest.raises(
+    TypeError, match="state is a NonlinearCGState, not a TRNCGState"
+  ):
     trncg_jax.trncg_update(x, trncg_jax.nonlinear_cg_init(x), jnp.sum)
-  with pytest.raises(TypeError, match="state is a TRNCGState, not a "
-                     "NonlinearCGState"):
+  with pytest.raises(
+    TypeError, match="state is a TRNCGState, not a NonlinearCGState"
+  ):
     trncg_jax.nonlinear_cg_update(x, trncg_jax.trncg_init(x), jnp.sum)
   with pytest.raises(TypeError, match="state is a ScaleByAdamState"):
-    trncg_jax.trncg().update(x, optax.adam(1.0).init(x)[0], x,
-                             value_fn=jnp.sum)
-  with pytest.raises(TypeError, match=r"made for params float64\[2\], but "
-                     r"params are float64\[3\]"):
-    trncg_jax.trncg_update(jnp.zeros(3), trncg_jax.trncg_init(x),
-                           lambda p: jnp.sum(p**2))
+    trncg_jax.trncg().update(x, optax.adam(1.0).init(x)[0], x, value_fn=jnp.sum)
+  with pytest.raises(
+    TypeError,
+    match=r"made for params float64\[2\], but "
+    r"params are float64\[3\]",
+  ):
+    trncg_jax.trncg_update(
+      jnp.zeros(3), trncg_jax.trncg_init(x), lambda p: jnp.sum(p**2)
+    )
   with pytest.raises(TypeError, match="made for params"):
     opt = trncg_jax.nonlinear_cg()
     opt.update(x, opt.init(jnp.zeros(3)), x, value_fn=jnp.sum)
@@ -216,8 +255,7 @@ def test_solve_tolerances_are_checked(name):
 
 def test_has_aux_with_an_empty_aux_is_named():
   with pytest.raises(TypeError, match=r"aux \(None\) holds no arrays"):
-    trncg_jax.solve(lambda x: (jnp.sum(x**2), None), jnp.ones(2),
-                    has_aux=True)
+    trncg_jax.solve(lambda x: (jnp.sum(x**2), None), jnp.ones(2), has_aux=True)
 
 
 def test_inexact_newton_must_be_one_bool():
@@ -231,22 +269,36 @@ def test_inexact_newton_must_be_one_bool():
 def test_non_scalar_value_in_the_optax_update_is_named():
   x = jnp.ones(2)
   for opt in (trncg_jax.trncg(), trncg_jax.nonlinear_cg()):
-    with pytest.raises(TypeError, match=r"value must be the loss at params, a "
-                       r"scalar; got shape \(2,\)"):
-      opt.update(x, opt.init(x), x, value=jnp.ones(2), grad=x,
-                 value_fn=lambda z: jnp.sum(z**2))
+    with pytest.raises(
+      TypeError,
+      match=r"value must be the loss at params, a "
+      r"scalar; got shape \(2,\)",
+    ):
+      opt.update(
+        x,
+        opt.init(x),
+        x,
+        value=jnp.ones(2),
+        grad=x,
+        value_fn=lambda z: jnp.sum(z**2),
+      )
 
 
 def test_an_optimizer_factory_not_called_is_named():
   with pytest.raises(TypeError, match=r"Did you mean trncg\(\)\?"):
-    trncg_jax.solve(lambda x: jnp.sum(x**2), jnp.ones(2),
-                    optimizer=trncg_jax.trncg)
+    trncg_jax.solve(
+      lambda x: jnp.sum(x**2), jnp.ones(2), optimizer=trncg_jax.trncg
+    )
 
 
 # 9. The history's memory is bounded.
 def test_history_is_bounded_for_huge_max_steps():
-  res = trncg_jax.solve(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(3),
-                        max_steps=10**7, grad_tol=1e-12)
+  res = trncg_jax.solve(
+    lambda x: jnp.sum((x - 1.0) ** 2),
+    jnp.zeros(3),
+    max_steps=10**7,
+    grad_tol=1e-12,
+  )
   assert res.num_steps <= 3
   # Recorded every 1,000 steps: the final step's slot, not 10**7 + 1 entries.
   assert len(res.history["loss"]) == 2
@@ -256,17 +308,24 @@ def test_history_is_bounded_for_huge_max_steps():
 
 def test_history_every_records_every_kth_step_and_the_last():
   loss = lambda x: jnp.sum((x - 1.0) ** 2)
-  res = trncg_jax.solve(loss, jnp.zeros(2), optimizer=optax.sgd(1e-4),
-                        max_steps=30_001)
+  res = trncg_jax.solve(
+    loss, jnp.zeros(2), optimizer=optax.sgd(1e-4), max_steps=30_001
+  )
   assert res.num_steps == 30_001
   # Default: ceil(30_001 / 10_000) = 4.
   np.testing.assert_array_equal(res.history["step"][:4], [0, 4, 8, 12])
   assert res.history["step"][-1] == 30_001 and res.history["step"][-2] == 30_000
   assert len(res.history["loss"]) == 7_502
-  full = trncg_jax.solve(loss, jnp.zeros(2), optimizer=optax.sgd(1e-4),
-                         max_steps=30_001, history_every=1)
-  np.testing.assert_array_equal(full.history["loss"][res.history["step"]],
-                                res.history["loss"])
+  full = trncg_jax.solve(
+    loss,
+    jnp.zeros(2),
+    optimizer=optax.sgd(1e-4),
+    max_steps=30_001,
+    history_every=1,
+  )
+  np.testing.assert_array_equal(
+    full.history["loss"][res.history["step"]], res.history["loss"]
+  )
 
 
 def test_init_under_jit():

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 
-
 from tests.test_docs import ROOT
 
 SCRIPT = textwrap.dedent("""
@@ -108,7 +107,12 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_data_matches_single_device():
-  proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-c", SCRIPT],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   assert proc.stdout.startswith("ok"), proc.stdout

@@ -7,14 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.reference import random_symmetric, steihaug_numpy
 from trncg_jax.preconditioner import Preconditioner
 from trncg_jax.status import CGStatus
 from trncg_jax.steihaug import boundary_roots, cg_steihaug
-from tests.reference import random_symmetric, steihaug_numpy
 
 jit_steihaug = jax.jit(
-    lambda g, B, radius, tol, max_steps: cg_steihaug(
-        g, lambda v: B @ v, radius, tol, max_steps))
+  lambda g, B, radius, tol, max_steps: cg_steihaug(
+    g, lambda v: B @ v, radius, tol, max_steps
+  )
+)
 
 
 @pytest.mark.parametrize("kind", ["spd", "indefinite"])
@@ -28,15 +30,19 @@ def test_matches_numpy_reference(kind, seed):
   tol, max_steps = 1e-8, 3 * n  # reached well within n steps: no round-off tie
   p_ref, exit_ref, steps_ref = steihaug_numpy(g, B, radius, tol, max_steps)
   res = jit_steihaug(jnp.asarray(g), jnp.asarray(B), radius, tol, max_steps)
-  np.testing.assert_allclose(np.asarray(res.step), p_ref, rtol=1e-10, atol=1e-10)
+  np.testing.assert_allclose(
+    np.asarray(res.step), p_ref, rtol=1e-10, atol=1e-10
+  )
   assert CGStatus(int(res.status)).name == exit_ref
   assert int(res.steps) == steps_ref
   # The predicted reduction from CG's recurrences equals the explicit model.
   explicit = -(g @ p_ref + 0.5 * p_ref @ B @ p_ref)
-  np.testing.assert_allclose(float(res.predicted_reduction), explicit,
-                             rtol=1e-9, atol=1e-12)
-  np.testing.assert_allclose(float(res.step_norm), np.linalg.norm(p_ref),
-                             rtol=1e-10)
+  np.testing.assert_allclose(
+    float(res.predicted_reduction), explicit, rtol=1e-9, atol=1e-12
+  )
+  np.testing.assert_allclose(
+    float(res.step_norm), np.linalg.norm(p_ref), rtol=1e-10
+  )
 
 
 @pytest.mark.parametrize("kind", ["spd", "indefinite"])
@@ -54,18 +60,24 @@ def test_preconditioned_matches_numpy_reference(kind, seed):
   tol, max_steps = 1e-7, 3 * n  # loose enough that no step ties with tol
   p_ref, exit_ref, steps_ref = steihaug_numpy(g, B, radius, tol, max_steps, M)
   M_j, B_j = jnp.asarray(M), jnp.asarray(B)
-  pre = Preconditioner(solve=lambda v: jnp.linalg.solve(M_j, v),
-                       matvec=lambda v: M_j @ v)
-  res = jax.jit(lambda g: cg_steihaug(g, lambda v: B_j @ v, radius, tol,
-                                      max_steps, pre))(jnp.asarray(g))
+  pre = Preconditioner(
+    solve=lambda v: jnp.linalg.solve(M_j, v), matvec=lambda v: M_j @ v
+  )
+  res = jax.jit(
+    lambda g: cg_steihaug(g, lambda v: B_j @ v, radius, tol, max_steps, pre)
+  )(jnp.asarray(g))
   np.testing.assert_allclose(np.asarray(res.step), p_ref, rtol=1e-9, atol=1e-10)
   assert CGStatus(int(res.status)).name == exit_ref
   assert int(res.steps) == steps_ref
-  np.testing.assert_allclose(float(res.predicted_reduction),
-                             -(g @ p_ref + 0.5 * p_ref @ B @ p_ref),
-                             rtol=1e-9, atol=1e-12)
-  np.testing.assert_allclose(float(res.step_norm), np.sqrt(p_ref @ M @ p_ref),
-                             rtol=1e-9)
+  np.testing.assert_allclose(
+    float(res.predicted_reduction),
+    -(g @ p_ref + 0.5 * p_ref @ B @ p_ref),
+    rtol=1e-9,
+    atol=1e-12,
+  )
+  np.testing.assert_allclose(
+    float(res.step_norm), np.sqrt(p_ref @ M @ p_ref), rtol=1e-9
+  )
   if exit_ref in ("HIT_BOUNDARY", "NEGATIVE_CURVATURE"):
     np.testing.assert_allclose(np.sqrt(p_ref @ M @ p_ref), radius, rtol=1e-9)
 
@@ -74,24 +86,31 @@ def test_preconditioning_with_the_matrix_itself_converges_in_one_step():
   rng = np.random.default_rng(7)
   B = jnp.asarray(random_symmetric(rng, 30, "spd", cond=1e6))
   g = jnp.asarray(rng.standard_normal(30))
-  pre = Preconditioner(solve=lambda v: jnp.linalg.solve(B, v),
-                       matvec=lambda v: B @ v)
+  pre = Preconditioner(
+    solve=lambda v: jnp.linalg.solve(B, v), matvec=lambda v: B @ v
+  )
   res = cg_steihaug(g, lambda v: B @ v, 1e6, 1e-8, 100, pre)
   plain = cg_steihaug(g, lambda v: B @ v, 1e6, 1e-8, 100)
   assert int(res.steps) == 1 and CGStatus(int(res.status)) == CGStatus.CONVERGED
   assert int(plain.steps) > 10
-  np.testing.assert_allclose(np.asarray(res.step),
-                             -np.linalg.solve(np.asarray(B), np.asarray(g)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(res.step),
+    -np.linalg.solve(np.asarray(B), np.asarray(g)),
+    rtol=1e-6,
+  )
 
 
 @hypothesis.settings(max_examples=60, deadline=None)
 @hypothesis.given(
-    seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12),
-    kind=st.sampled_from(["spd", "indefinite"]),
-    log_radius=st.floats(-3.0, 3.0), max_steps=st.integers(1, 30))
-def test_step_inside_region_and_at_least_cauchy_decrease(seed, n, kind,
-                                                         log_radius, max_steps):
+  seed=st.integers(0, 2**31 - 1),
+  n=st.integers(1, 12),
+  kind=st.sampled_from(["spd", "indefinite"]),
+  log_radius=st.floats(-3.0, 3.0),
+  max_steps=st.integers(1, 30),
+)
+def test_step_inside_region_and_at_least_cauchy_decrease(
+  seed, n, kind, log_radius, max_steps
+):
   rng = np.random.default_rng(seed)
   B = random_symmetric(rng, n, kind)
   g = rng.standard_normal(n)
@@ -101,7 +120,9 @@ def test_step_inside_region_and_at_least_cauchy_decrease(seed, n, kind,
   assert np.linalg.norm(p) <= radius * (1 + 1e-6)
   decrease = -(g @ p + 0.5 * p @ B @ p)
   gnorm = np.linalg.norm(g)
-  cauchy = 0.5 * gnorm * min(radius, gnorm / np.linalg.norm(B, 2))  # N&W Lemma 4.3
+  cauchy = (
+    0.5 * gnorm * min(radius, gnorm / np.linalg.norm(B, 2))
+  )  # N&W Lemma 4.3
   assert decrease >= cauchy * (1 - 1e-9)
 
 
@@ -113,8 +134,9 @@ def test_spd_quadratic_solved_in_at_most_n_steps(n):
   b = rng.standard_normal(n)
   # m(p) = -b.p + p.A.p/2 is minimized at A^{-1} b.
   res = jit_steihaug(-jnp.asarray(b), jnp.asarray(A), 1e6, 1e-10, 10 * n)
-  np.testing.assert_allclose(np.asarray(res.step), np.linalg.solve(A, b),
-                             rtol=1e-8, atol=1e-10)
+  np.testing.assert_allclose(
+    np.asarray(res.step), np.linalg.solve(A, b), rtol=1e-8, atol=1e-10
+  )
   assert CGStatus(int(res.status)) == CGStatus.CONVERGED
   assert int(res.steps) <= n
 
@@ -133,8 +155,11 @@ def test_pytree_gradient_gives_same_step_as_flat():
   tree_g = {"a": jnp.asarray(g[:4]).reshape(2, 2), "b": jnp.asarray(g[4:])}
   res = cg_steihaug(tree_g, hvp, 1.0, 1e-10, 50)
   np.testing.assert_allclose(
-      np.concatenate([np.ravel(res.step["a"]), res.step["b"]]),
-      np.asarray(flat.step), rtol=1e-12, atol=1e-14)
+    np.concatenate([np.ravel(res.step["a"]), res.step["b"]]),
+    np.asarray(flat.step),
+    rtol=1e-12,
+    atol=1e-14,
+  )
   assert res.step["a"].shape == (2, 2)
 
 
@@ -170,14 +195,17 @@ def test_boundary_roots_are_stable_when_b_dominates():
   # ||z + tau d|| = radius with z nearly on the boundary and z.d huge: the
   # textbook formula loses the small root to cancellation.
   zz, zd, dd, radius = 1.0 - 1e-12, 1e8, 1.0, 1.0
-  tau_neg, tau_pos = boundary_roots(jnp.float64(zz), jnp.float64(zd),
-                                    jnp.float64(dd), radius)
+  tau_neg, tau_pos = boundary_roots(
+    jnp.float64(zz), jnp.float64(zd), jnp.float64(dd), radius
+  )
   c = zz - radius**2
   exact_small = -c / (zd + np.sqrt(zd**2 - dd * c))  # rationalized, exact here
   np.testing.assert_allclose(float(tau_pos), exact_small, rtol=1e-12)
   np.testing.assert_allclose(float(tau_neg), -2 * zd / dd, rtol=1e-12)
   # Vieta: the product of the roots is c / a.
-  np.testing.assert_allclose(float(tau_neg) * float(tau_pos), c / dd, rtol=1e-12)
+  np.testing.assert_allclose(
+    float(tau_neg) * float(tau_pos), c / dd, rtol=1e-12
+  )
 
 
 @pytest.mark.parametrize("scale", [1e30, 1e-30])
@@ -189,19 +217,20 @@ def test_float32_scaled_subproblem_matches_the_unscaled_reference(scale):
   n = 8
   B = random_symmetric(rng, n, "spd", cond=20.0)
   g = rng.standard_normal(n)
-  p_ref, exit_ref, _ = steihaug_numpy(g, B, 100.0, 1e-5 * np.linalg.norm(g),
-                                      3 * n)
+  p_ref, exit_ref, _ = steihaug_numpy(
+    g, B, 100.0, 1e-5 * np.linalg.norm(g), 3 * n
+  )
   s = np.float32(scale)
   B_s = jnp.asarray(B, jnp.float32) * s
-  res = jax.jit(lambda g: cg_steihaug(g, lambda v: B_s @ v, 100.0, 0.0,
-                                      3 * n, rtol=1e-5))(
-                                          jnp.asarray(g, jnp.float32) * s)
+  res = jax.jit(
+    lambda g: cg_steihaug(g, lambda v: B_s @ v, 100.0, 0.0, 3 * n, rtol=1e-5)
+  )(jnp.asarray(g, jnp.float32) * s)
   assert CGStatus(int(res.status)).name == exit_ref == "CONVERGED"
-  np.testing.assert_allclose(np.asarray(res.step), p_ref, rtol=1e-4,
-                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(res.step), p_ref, rtol=1e-4, atol=1e-5)
   explicit = -(g @ p_ref + 0.5 * p_ref @ B @ p_ref) * scale
-  np.testing.assert_allclose(float(res.predicted_reduction), explicit,
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    float(res.predicted_reduction), explicit, rtol=1e-4
+  )
 
 
 def test_relative_tolerance_is_relative_to_the_gradient():
@@ -219,6 +248,6 @@ def test_relative_tolerance_is_relative_to_the_gradient():
     assert float(res.residual_norm) <= rtol * scale * np.linalg.norm(g)
 
 
-jit_rtol = jax.jit(lambda g, B, rtol: cg_steihaug(
-    g, lambda v: B @ v, 1e6, 0.0, 90, rtol=rtol))
-
+jit_rtol = jax.jit(
+  lambda g, B, rtol: cg_steihaug(g, lambda v: B @ v, 1e6, 0.0, 90, rtol=rtol)
+)

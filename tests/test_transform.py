@@ -17,8 +17,9 @@ def run_optax(opt, loss, params, steps, **extra_args):
   @jax.jit
   def step(params, state):
     value, grad = value_and_grad(params, state=state, **extra_args)
-    updates, state = opt.update(grad, state, params, value=value, grad=grad,
-                                value_fn=loss, **extra_args)
+    updates, state = opt.update(
+      grad, state, params, value=value, grad=grad, value_fn=loss, **extra_args
+    )
     return optax.apply_updates(params, updates), state
 
   state = opt.init(params)
@@ -38,7 +39,8 @@ def test_same_iterates_as_pure_api_and_through_chain():
   np.testing.assert_array_equal(state_opt.radius, state_pure.radius)
   # optax.chain: value_and_grad_from_state finds value/grad inside the chain.
   x_chain, chain_state = run_optax(
-      optax.chain(trncg_jax.trncg(), optax.scale(1.0)), rosenbrock, x0, 15)
+    optax.chain(trncg_jax.trncg(), optax.scale(1.0)), rosenbrock, x0, 15
+  )
   np.testing.assert_array_equal(x_chain, x_pure)
   assert int(chain_state[0].count) == 15
 
@@ -60,14 +62,16 @@ def test_rejected_step_zero_updates_and_no_new_gradient():
     jax.debug.callback(lambda: evaluations.append(1))
     return jnp.sum(jnp.log(jnp.cosh(x - 3.0)))
 
-  opt = trncg_jax.trncg(initial_radius=1000.0, max_radius=1000.0,
-                        hvp_mode="linearize")
+  opt = trncg_jax.trncg(
+    initial_radius=1000.0, max_radius=1000.0, hvp_mode="linearize"
+  )
   value_and_grad = optax.value_and_grad_from_state(loss)
   x = jnp.zeros(2)
   state = opt.init(x)
   value, grad = value_and_grad(x, state=state)  # inf in state: evaluates
-  updates, state = opt.update(grad, state, x, value=value, grad=grad,
-                              value_fn=loss)
+  updates, state = opt.update(
+    grad, state, x, value=value, grad=grad, value_fn=loss
+  )
   assert not bool(state.info.accepted)
   assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(updates))
   jax.effects_barrier()
@@ -89,6 +93,7 @@ def test_update_without_value_fn_is_a_clear_type_error():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_flax_nnx_mlp_fits_a_1d_function(dtype):
   nnx = pytest.importorskip("flax.nnx")  # flax is a benchmark extra
+
   class MLP(nnx.Module):
     def __init__(self, rngs):
       self.l1 = nnx.Linear(1, 16, rngs=rngs, param_dtype=dtype, dtype=dtype)
@@ -135,15 +140,24 @@ def test_has_aux_and_subsampled_hessian_match_the_pure_api():
   value_and_grad = optax.value_and_grad_from_state(lambda p: loss(p, target)[0])
   for _ in range(8):
     value, grad = value_and_grad(x, state=state)
-    updates, state = opt.update(grad, state, x, value=value, grad=grad,
-                                value_fn=loss, target=target,
-                                hvp_extra_args=dict(target=sub_target))
+    updates, state = opt.update(
+      grad,
+      state,
+      x,
+      value=value,
+      grad=grad,
+      value_fn=loss,
+      target=target,
+      hvp_extra_args=dict(target=sub_target),
+    )
     x = optax.apply_updates(x, updates)
     x_pure, state_pure = trncg_jax.trncg_update(
-        x_pure, state_pure, loss, target, hvp_args=(sub_target,))
+      x_pure, state_pure, loss, target, hvp_args=(sub_target,)
+    )
     np.testing.assert_allclose(x, x_pure, rtol=1e-12)
-    np.testing.assert_allclose(state.info.aux["fit"], loss(x, target)[1]["fit"],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+      state.info.aux["fit"], loss(x, target)[1]["fit"], rtol=1e-12
+    )
 
 
 def test_inject_hyperparams_trains_and_changes_without_recompiling():
@@ -159,8 +173,9 @@ def test_inject_hyperparams_trains_and_changes_without_recompiling():
   @chex.assert_max_traces(n=1)
   def step(x, state):
     value, grad = value_and_grad(x, state=state)
-    updates, state = opt.update(grad, state, x, value=value, grad=grad,
-                                value_fn=rosenbrock)
+    updates, state = opt.update(
+      grad, state, x, value=value, grad=grad, value_fn=rosenbrock
+    )
     return optax.apply_updates(x, updates), state
 
   def cg_steps(x, state, n):
@@ -181,8 +196,11 @@ def test_inject_hyperparams_trains_and_changes_without_recompiling():
 
 
 def test_misspelled_option_names_the_valid_ones():
-  with pytest.raises(TypeError, match=r"'etta'. Did you mean 'eta'\?.*"
-                     r"Valid options: initial_radius"):
+  with pytest.raises(
+    TypeError,
+    match=r"'etta'. Did you mean 'eta'\?.*"
+    r"Valid options: initial_radius",
+  ):
     trncg_jax.trncg(etta=0.1)
   with pytest.raises(TypeError, match="Did you mean 'max_cg_steps'"):
     trncg_jax.trncg_init(jnp.zeros(2), max_cg_step=3)

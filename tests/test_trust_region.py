@@ -16,8 +16,11 @@ def rosenbrock(x):
 
 
 def beale(x):
-  return ((1.5 - x[0] + x[0] * x[1]) ** 2 + (2.25 - x[0] + x[0] * x[1] ** 2) ** 2
-          + (2.625 - x[0] + x[0] * x[1] ** 3) ** 2)
+  return (
+    (1.5 - x[0] + x[0] * x[1]) ** 2
+    + (2.25 - x[0] + x[0] * x[1] ** 2) ** 2
+    + (2.625 - x[0] + x[0] * x[1] ** 3) ** 2
+  )
 
 
 def himmelblau(x):
@@ -26,14 +29,19 @@ def himmelblau(x):
 
 # (function, start, known minimizer, minimum)
 TEST_FUNCTIONS = {
-    "rosenbrock2": (rosenbrock, [-1.2, 1.0], [1.0, 1.0]),
-    "rosenbrock10": (rosenbrock, [-1.2, 1.0] * 5, [1.0] * 10),
-    "beale": (beale, [1.0, 1.0], [3.0, 0.5]),
-    "himmelblau": (himmelblau, [0.0, 0.0], [3.0, 2.0]),
+  "rosenbrock2": (rosenbrock, [-1.2, 1.0], [1.0, 1.0]),
+  "rosenbrock10": (rosenbrock, [-1.2, 1.0] * 5, [1.0] * 10),
+  "beale": (beale, [1.0, 1.0], [3.0, 0.5]),
+  "himmelblau": (himmelblau, [0.0, 0.0], [3.0, 2.0]),
 }
 
-SCIPY_SETTINGS = dict(initial_radius=1.0, max_radius=1000.0, eta=0.15,
-                      inexact_newton=True, forcing_power=0.5)
+SCIPY_SETTINGS = dict(
+  initial_radius=1.0,
+  max_radius=1000.0,
+  eta=0.15,
+  inexact_newton=True,
+  forcing_power=0.5,
+)
 
 jit_update = jax.jit(trncg_jax.trncg_update, static_argnums=2)
 
@@ -56,20 +64,25 @@ def test_standard_functions_reach_known_minima_like_scipy(name):
   np.testing.assert_allclose(x, xstar, atol=1e-7)
   assert float(state.value) < 1e-14  # all four minima have value 0
   ref = scipy.optimize.minimize(
-      lambda z: float(loss(jnp.asarray(z))), np.asarray(x0),
-      jac=lambda z: np.asarray(jax.grad(loss)(jnp.asarray(z))),
-      hessp=lambda z, p: np.asarray(jax.jvp(jax.grad(loss), (jnp.asarray(z),),
-                                            (jnp.asarray(p),))[1]),
-      method="trust-ncg",
-      options=dict(initial_trust_radius=1.0, max_trust_radius=1000.0, eta=0.15,
-                   gtol=1e-8))
+    lambda z: float(loss(jnp.asarray(z))),
+    np.asarray(x0),
+    jac=lambda z: np.asarray(jax.grad(loss)(jnp.asarray(z))),
+    hessp=lambda z, p: np.asarray(
+      jax.jvp(jax.grad(loss), (jnp.asarray(z),), (jnp.asarray(p),))[1]
+    ),
+    method="trust-ncg",
+    options=dict(
+      initial_trust_radius=1.0, max_trust_radius=1000.0, eta=0.15, gtol=1e-8
+    ),
+  )
   assert ref.success
   assert abs(iterations - ref.nit) <= 0.2 * ref.nit, (iterations, ref.nit)
 
 
 def test_paper_preset_solves_rosenbrock():
-  x, _, _ = run_until(rosenbrock, jnp.array([-1.2, 1.0]), 1e-8,
-                      **trncg_jax.PAPER_HYPERPARAMS)
+  x, _, _ = run_until(
+    rosenbrock, jnp.array([-1.2, 1.0]), 1e-8, **trncg_jax.PAPER_HYPERPARAMS
+  )
   np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-7)
 
 
@@ -79,8 +92,9 @@ def test_spd_quadratic_one_newton_step():
   A = jnp.asarray((q * np.linspace(1.0, 5.0, 6)) @ q.T)
   b = jnp.asarray(rng.standard_normal(6))
   loss = lambda x: 0.5 * x @ A @ x - b @ x
-  state = trncg_jax.trncg_init(jnp.zeros(6), inexact_newton=False,
-                               cg_tol=1e-12, initial_radius=10.0)
+  state = trncg_jax.trncg_init(
+    jnp.zeros(6), inexact_newton=False, cg_tol=1e-12, initial_radius=10.0
+  )
   x, state = jit_update(jnp.zeros(6), state, loss)
   np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-9)
   assert bool(state.info.accepted)
@@ -137,7 +151,9 @@ def test_stationary_point_is_reported_and_radius_kept():
   assert int(state.info.cg_steps) == 0
 
 
-@pytest.mark.parametrize("name,value,allowed", [
+@pytest.mark.parametrize(
+  "name,value,allowed",
+  [
     ("initial_radius", 0.0, "(0.0, inf)"),
     ("initial_radius", 2e10, "(0.0, 10000000000.0]"),
     ("max_radius", -1.0, "(0.0, inf)"),
@@ -154,9 +170,12 @@ def test_stationary_point_is_reported_and_radius_kept():
     ("nystrom_rank", -1, "[0, 2147483647]"),
     ("nystrom_refresh", 0, "[1, 2147483647]"),
     ("nystrom_damping", 2.0, "[0.0, 1.0]"),
-])
+  ],
+)
 def test_bad_hyperparameters_raise_value_error(name, value, allowed):
-  with pytest.raises(ValueError, match=f"{name} must be .* in {jnp.nan if 0 else ''}"):
+  with pytest.raises(
+    ValueError, match=f"{name} must be .* in {jnp.nan if 0 else ''}"
+  ):
     trncg_jax.trncg_init(jnp.zeros(2), **{name: value})
   with pytest.raises(ValueError) as err:
     trncg_jax.trncg(**{name: value})
@@ -192,13 +211,20 @@ def test_non_scalar_loss_and_bad_params_raise_type_error():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_dtypes_preserved_through_pytree(dtype):
   params = {"a": jnp.full((2, 2), 0.5, dtype), "b": (jnp.zeros(3, dtype),)}
-  loss = lambda p: (jnp.sum((p["a"] - 1.0) ** 2) + jnp.sum(jnp.cosh(p["b"][0] - 0.3)))
+  loss = lambda p: (
+    jnp.sum((p["a"] - 1.0) ** 2) + jnp.sum(jnp.cosh(p["b"][0] - 0.3))
+  )
   state = trncg_jax.trncg_init(params)
   for _ in range(6):
     params, state = jit_update(params, state, loss)
   for leaf in jax.tree.leaves((params, state.grad)):
     assert leaf.dtype == dtype
-  for leaf in (state.value, state.radius, state.info.rho, state.hyperparams.eta):
+  for leaf in (
+    state.value,
+    state.radius,
+    state.info.rho,
+    state.hyperparams.eta,
+  ):
     assert leaf.dtype == dtype
   np.testing.assert_allclose(params["a"], 1.0, atol=1e-5)
   np.testing.assert_allclose(params["b"][0], 0.3, atol=1e-3)
@@ -223,10 +249,13 @@ def test_no_retracing_across_steps_and_hyperparameter_changes():
     state.hyperparams.replace(eta=0.5)
 
 
-@pytest.mark.parametrize("mode,extra_per_iteration", [
+@pytest.mark.parametrize(
+  "mode,extra_per_iteration",
+  [
     ("forward_over_reverse", "cg_steps"),  # the primal is re-run in each HVP
-    ("linearize", 1),                      # the primal is linearized once
-])
+    ("linearize", 1),  # the primal is linearized once
+  ],
+)
 def test_work_per_iteration(mode, extra_per_iteration):
   """Counts primal loss evaluations: one at the trial point, plus HVPs' share."""
   calls = []
@@ -242,7 +271,9 @@ def test_work_per_iteration(mode, extra_per_iteration):
   jax.effects_barrier()
   first = len(calls)
   # First update: value-and-grad at x0 + HVP work + value-and-grad at trial.
-  expected_hvp = int(state.info.cg_steps) if mode == "forward_over_reverse" else 1
+  expected_hvp = (
+    int(state.info.cg_steps) if mode == "forward_over_reverse" else 1
+  )
   assert first == 1 + expected_hvp + 1
   for _ in range(8):
     calls.clear()
@@ -250,13 +281,16 @@ def test_work_per_iteration(mode, extra_per_iteration):
     jax.effects_barrier()
     k = int(state.info.cg_steps)
     assert k >= 1
-    expected_hvp = k if extra_per_iteration == "cg_steps" else extra_per_iteration
+    expected_hvp = (
+      k if extra_per_iteration == "cg_steps" else extra_per_iteration
+    )
     assert len(calls) == expected_hvp + 1, (len(calls), k)
 
 
 def test_hvp_count_equals_cg_steps(monkeypatch):
   """Each CG iteration makes exactly one HVP; the model costs none extra."""
   import trncg_jax.hvp as hvp_module
+
   counter = []
   original = hvp_module.make_hvp
 
@@ -266,6 +300,7 @@ def test_hvp_count_equals_cg_steps(monkeypatch):
     def counted(v):
       jax.debug.callback(lambda: counter.append(1))
       return hvp(v)
+
     return counted
 
   monkeypatch.setattr(hvp_module, "make_hvp", counting_make_hvp)
@@ -286,8 +321,9 @@ def ill_conditioned_least_squares(n=200, top=50, seed=0):
   rng = np.random.default_rng(seed)
   q_left, _ = np.linalg.qr(rng.standard_normal((2 * n, n)))
   q_right, _ = np.linalg.qr(rng.standard_normal((n, n)))
-  singular = np.concatenate([np.logspace(2, 0, top),
-                             rng.uniform(0.5, 1.0, n - top)]) / np.sqrt(2)
+  singular = np.concatenate(
+    [np.logspace(2, 0, top), rng.uniform(0.5, 1.0, n - top)]
+  ) / np.sqrt(2)
   A = (q_left * singular) @ q_right.T
   w_star = rng.standard_normal(n) / np.sqrt(n)
   b = A @ w_star
@@ -297,8 +333,7 @@ def ill_conditioned_least_squares(n=200, top=50, seed=0):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_nystrom_preconditioning_cuts_cg_steps(dtype):
   A, b, w_star = ill_conditioned_least_squares()
-  loss = trncg_jax.LeastSquares(
-      lambda w, A, b: A @ w - b)
+  loss = trncg_jax.LeastSquares(lambda w, A, b: A @ w - b)
   A, b = jnp.asarray(A, dtype), jnp.asarray(b, dtype)
   tol = 1e-5 if dtype == jnp.float32 else 1e-10
   chex.clear_trace_counter()  # the counter is per function name: reset
@@ -311,9 +346,14 @@ def test_nystrom_preconditioning_cuts_cg_steps(dtype):
   totals = {}
   for rank in (0, 50):
     w = jnp.zeros(200, dtype)
-    state = trncg_jax.trncg_init(w, hvp_mode="gauss_newton", nystrom_rank=rank,
-                                 cg_tol=tol, inexact_newton=False,
-                                 max_cg_steps=1000)
+    state = trncg_jax.trncg_init(
+      w,
+      hvp_mode="gauss_newton",
+      nystrom_rank=rank,
+      cg_tol=tol,
+      inexact_newton=False,
+      max_cg_steps=1000,
+    )
     cg, hvps = [], []
     for _ in range(12):
       w, state = step(w, state)
@@ -336,7 +376,8 @@ def test_nystrom_rank_above_param_count_or_without_gauss_newton_is_rejected():
     trncg_jax.trncg_init(jnp.zeros(3), nystrom_rank=4, **gn)
   with pytest.raises(ValueError, match="nystrom_rank"):
     trncg_jax.trncg(nystrom_rank=4, **gn).init(
-        {"a": jnp.zeros(2), "b": jnp.zeros(1)})
+      {"a": jnp.zeros(2), "b": jnp.zeros(1)}
+    )
   with pytest.raises(ValueError, match="nystrom_rank > 0 needs hvp_mode"):
     trncg_jax.trncg(nystrom_rank=2)
 
@@ -353,7 +394,8 @@ def test_custom_vjp_loss_end_to_end():
   x, state, _ = run_until(loss, x0, 1e-10, hvp_mode="reverse_over_reverse")
   # Stationarity: 2 softplus(x - 1) sigmoid(x - 1) + x = 0.
   np.testing.assert_allclose(
-      2 * jax.nn.softplus(x - 1.0) * jax.nn.sigmoid(x - 1.0) + x, 0.0, atol=1e-10)
+    2 * jax.nn.softplus(x - 1.0) * jax.nn.sigmoid(x - 1.0) + x, 0.0, atol=1e-10
+  )
 
 
 def loss_with_components(x, target):
@@ -374,26 +416,31 @@ def test_has_aux_keeps_the_accepted_points_aux_without_retracing():
 
   aux_shape = jax.eval_shape(loss_with_components, x0, target)[1]
   # A large first radius makes early steps overshoot and be rejected.
-  x, state = x0, trncg_jax.trncg_init(x0, has_aux=True, aux=aux_shape,
-                                      initial_radius=9.0)
+  x, state = (
+    x0,
+    trncg_jax.trncg_init(x0, has_aux=True, aux=aux_shape, initial_radius=9.0),
+  )
   x_plain, state_plain = x0, trncg_jax.trncg_init(x0, initial_radius=9.0)
   results = []
   for _ in range(15):
     x, state = step(x, state)
     x_plain, state_plain = jit_update(
-        x_plain, state_plain, lambda p: loss_with_components(p, target)[0])
+      x_plain, state_plain, lambda p: loss_with_components(p, target)[0]
+    )
     results.append(int(state.info.status))
     # The aux is that of the params returned, accepted step or not.
     _, expected = loss_with_components(x, target)
     for name in ("fit", "reg"):
-      np.testing.assert_allclose(state.info.aux[name], expected[name],
-                                 rtol=1e-14)
+      np.testing.assert_allclose(
+        state.info.aux[name], expected[name], rtol=1e-14
+      )
   assert StepStatus.REJECTED in results and StepStatus.ACCEPTED in results
   np.testing.assert_array_equal(x, x_plain)  # aux changes nothing else
 
 
 def test_fresh_batch_evaluates_rho_on_one_batch():
   """rho compares f(x) and f(x + p) on the same batch when batches change."""
+
   def loss(w, xb, yb):
     return jnp.mean((jnp.tanh(xb @ w) - yb) ** 2)
 
@@ -401,16 +448,18 @@ def test_fresh_batch_evaluates_rho_on_one_batch():
   w_true = jax.random.normal(keys[0], (4,))
   xs = jax.random.normal(keys[1], (6, 32, 4))
   ys = jnp.tanh(xs @ w_true)  # every batch has the same minimizer, w_true
-  update = jax.jit(trncg_jax.trncg_update, static_argnums=2,
-                   static_argnames="fresh_batch")
+  update = jax.jit(
+    trncg_jax.trncg_update, static_argnums=2, static_argnames="fresh_batch"
+  )
   w, state = jnp.zeros(4), trncg_jax.trncg_init(jnp.zeros(4))
   for k in range(30):
     xb, yb = xs[k % 6], ys[k % 6]
     w_new, state = update(w, state, loss, xb, yb, fresh_batch=True)
     expected = loss(w, xb, yb) - loss(w_new, xb, yb)
     if bool(state.info.accepted):
-      np.testing.assert_allclose(state.info.actual_reduction, expected,
-                                 rtol=1e-9, atol=1e-15)
+      np.testing.assert_allclose(
+        state.info.actual_reduction, expected, rtol=1e-9, atol=1e-15
+      )
     w = w_new
   np.testing.assert_allclose(w, w_true, atol=1e-6)
   # Without fresh_batch the second call reuses f(x) from the first batch, so
@@ -425,22 +474,28 @@ def test_fresh_batch_evaluates_rho_on_one_batch():
 def test_subsampled_hessian_uses_the_hvp_batch():
   """With hvp_args the model's Hessian is the sub-batch's (Byrd et al. 2011):
   an interior Newton step solves H_sub p = -g exactly (closed form)."""
+
   def loss(x, a, b):  # 1/2 x^T A x - b^T x, A = a^T a / n, a per-sample rows
     return 0.5 * jnp.mean((a @ x) ** 2) - b @ x
 
   a = jax.random.normal(jax.random.PRNGKey(1), (40, 5))
   b = jnp.arange(1.0, 6.0) / 10
   x0 = jnp.zeros(5)
-  state = trncg_jax.trncg_init(x0, initial_radius=1e3, max_radius=1e4,
-                               inexact_newton=False, cg_tol=1e-12)
-  x1, state = trncg_jax.trncg_update(x0, state, loss, a, b, hvp_args=(a[:10], b))
+  state = trncg_jax.trncg_init(
+    x0, initial_radius=1e3, max_radius=1e4, inexact_newton=False, cg_tol=1e-12
+  )
+  x1, state = trncg_jax.trncg_update(
+    x0, state, loss, a, b, hvp_args=(a[:10], b)
+  )
   h_sub = np.asarray(a[:10]).T @ np.asarray(a[:10]) / 10
   step = np.linalg.solve(h_sub, np.asarray(b))
   assert int(state.info.cg_status) == trncg_jax.CGStatus.CONVERGED
-  np.testing.assert_allclose(state.info.step_norm, np.linalg.norm(step),
-                             rtol=1e-8)
-  np.testing.assert_allclose(state.info.predicted_reduction,
-                             0.5 * np.asarray(b) @ step, rtol=1e-8)
+  np.testing.assert_allclose(
+    state.info.step_norm, np.linalg.norm(step), rtol=1e-8
+  )
+  np.testing.assert_allclose(
+    state.info.predicted_reduction, 0.5 * np.asarray(b) @ step, rtol=1e-8
+  )
   # rho uses the full batch: its actual reduction decides acceptance.
   actual = loss(x0, a, b) - loss(x0 + step, a, b)
   np.testing.assert_allclose(state.info.actual_reduction, actual, rtol=1e-8)
@@ -472,8 +527,10 @@ def test_converges_below_the_loss_resolution_and_stops():
   max_steps (CUTEst LUKSAN15LS and others); now Newton converges on the
   gradient and the run stops within a few steps with a status that says why."""
   res = trncg_jax.solve(offset_quartic, jnp.zeros(3), max_steps=1000)
-  assert res.status in (trncg_jax.SolveStatus.GRAD_TOL,
-                        trncg_jax.SolveStatus.PRECISION_LIMIT), res.status
+  assert res.status in (
+    trncg_jax.SolveStatus.GRAD_TOL,
+    trncg_jax.SolveStatus.PRECISION_LIMIT,
+  ), res.status
   assert res.num_steps <= 20, res.num_steps
   np.testing.assert_allclose(res.params, 1.0, atol=1e-12)
 
@@ -482,6 +539,7 @@ def test_precision_limit_when_neither_f_nor_g_can_improve():
   """A gradient with noise above its true value near the minimizer: once the
   model's gain is below eps |f| and the gradient stops shrinking, the run
   stops with PRECISION_LIMIT in a bounded number of steps."""
+
   def noisy(x):
     # A ripple of size 1e-9 in the gradient, far below f's resolution.
     return offset_quartic(x) + 1e-18 * jnp.sum(jnp.sin(1e9 * x))
@@ -495,9 +553,14 @@ def test_precision_limit_when_neither_f_nor_g_can_improve():
 def test_paper_preset_holds_the_papers_hyperparameters():
   state = trncg_jax.trncg_init(jnp.zeros(2), **trncg_jax.PAPER_HYPERPARAMS)
   hp = state.hyperparams
-  assert (float(hp.initial_radius), float(hp.max_radius), float(hp.eta),
-          float(hp.cg_tol), bool(hp.inexact_newton), int(hp.max_cg_steps)) == (
-              2.0, 10.0, 1e-3, 1e-8, False, 500)
+  assert (
+    float(hp.initial_radius),
+    float(hp.max_radius),
+    float(hp.eta),
+    float(hp.cg_tol),
+    bool(hp.inexact_newton),
+    int(hp.max_cg_steps),
+  ) == (2.0, 10.0, 1e-3, 1e-8, False, 500)
   default = trncg_jax.trncg_init(jnp.zeros(2)).hyperparams
   assert float(default.max_radius) == 1e10 and bool(default.inexact_newton)
 
@@ -506,8 +569,11 @@ def test_public_surface_is_small_and_every_status_says_what_to_do():
   assert 15 <= len(trncg_jax.__all__) <= 20
   for name in trncg_jax.__all__:
     assert hasattr(trncg_jax, name), name
-  for enum_type in (trncg_jax.CGStatus, trncg_jax.StepStatus,
-                    trncg_jax.SolveStatus):
+  for enum_type in (
+    trncg_jax.CGStatus,
+    trncg_jax.StepStatus,
+    trncg_jax.SolveStatus,
+  ):
     for member in enum_type:
       assert isinstance(member.message, str) and len(member.message) > 10
       assert enum_type(int(member)) is member  # round-trips through int32

@@ -9,35 +9,44 @@ and the status enums. Building blocks live in their modules:
 """
 
 from trncg_jax.least_squares import LeastSquares
-from trncg_jax.nonlinear_cg import (NonlinearCGInfo, NonlinearCGState,
-                                    nonlinear_cg, nonlinear_cg_init,
-                                    nonlinear_cg_update)
+from trncg_jax.nonlinear_cg import (
+  NonlinearCGInfo,
+  NonlinearCGState,
+  nonlinear_cg,
+  nonlinear_cg_init,
+  nonlinear_cg_update,
+)
 from trncg_jax.solve import SolveResult, solve
 from trncg_jax.status import CGStatus, SolveStatus, StepStatus
 from trncg_jax.transform import trncg
-from trncg_jax.trust_region import (PAPER_HYPERPARAMS, TRNCGHyperparams,
-                                    TRNCGInfo, TRNCGState, trncg_init,
-                                    trncg_update)
+from trncg_jax.trust_region import (
+  PAPER_HYPERPARAMS,
+  TRNCGHyperparams,
+  TRNCGInfo,
+  TRNCGState,
+  trncg_init,
+  trncg_update,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CGStatus",
-    "LeastSquares",
-    "NonlinearCGInfo",
-    "NonlinearCGState",
-    "PAPER_HYPERPARAMS",
-    "SolveResult",
-    "SolveStatus",
-    "StepStatus",
-    "TRNCGHyperparams",
-    "TRNCGInfo",
-    "TRNCGState",
-    "nonlinear_cg",
-    "nonlinear_cg_init",
-    "nonlinear_cg_update",
-    "solve",
-    "trncg",
-    "trncg_init",
-    "trncg_update",
+  "CGStatus",
+  "LeastSquares",
+  "NonlinearCGInfo",
+  "NonlinearCGState",
+  "PAPER_HYPERPARAMS",
+  "SolveResult",
+  "SolveStatus",
+  "StepStatus",
+  "TRNCGHyperparams",
+  "TRNCGInfo",
+  "TRNCGState",
+  "nonlinear_cg",
+  "nonlinear_cg_init",
+  "nonlinear_cg_update",
+  "solve",
+  "trncg",
+  "trncg_init",
+  "trncg_update",
 ]

@@ -20,14 +20,20 @@ import numpy as np
 
 def all_finite(tree: Any) -> jax.Array:
   """Whether every entry of every leaf of ``tree`` is finite (a traced bool)."""
-  return jnp.all(jnp.asarray(
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+  return jnp.all(
+    jnp.asarray(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    )
+  )
 
 
 def tree_max_abs(tree: Any) -> jax.Array:
   """``max_i |x_i|`` over every entry of every leaf (0 for an empty tree)."""
-  return jnp.max(jnp.asarray(
-      [jnp.max(jnp.abs(x), initial=0) for x in jax.tree_util.tree_leaves(tree)]))
+  return jnp.max(
+    jnp.asarray(
+      [jnp.max(jnp.abs(x), initial=0) for x in jax.tree_util.tree_leaves(tree)]
+    )
+  )
 
 
 def norm_exponent(tree: Any) -> jax.Array:
@@ -54,15 +60,25 @@ def safe_norm(tree: Any) -> jax.Array:
   NaN or inf entries give a non-finite norm, as the plain norm does.
   """
   exponent = norm_exponent(tree)
-  total = sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(
-      scale_tree(tree, -exponent)))
+  total = sum(
+    jnp.sum(jnp.square(x))
+    for x in jax.tree_util.tree_leaves(scale_tree(tree, -exponent))
+  )
   return jnp.ldexp(jnp.sqrt(total), exponent)
 
 
 def tree_equal(a: Any, b: Any) -> jax.Array:
   """Whether two pytrees of one structure hold the same values (traced bool)."""
-  return jnp.all(jnp.asarray([jnp.all(x == y) for x, y in zip(
-      jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]))
+  return jnp.all(
+    jnp.asarray(
+      [
+        jnp.all(x == y)
+        for x, y in zip(
+          jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+        )
+      ]
+    )
+  )
 
 
 def check_float_params(params: Any, who: str) -> None:
@@ -74,61 +90,75 @@ def check_float_params(params: Any, who: str) -> None:
   for path, leaf in leaves:
     dtype = jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.floating):
-      kind = "complex" if jnp.issubdtype(dtype, jnp.complexfloating) else "non-float"
+      kind = (
+        "complex" if jnp.issubdtype(dtype, jnp.complexfloating) else "non-float"
+      )
       raise TypeError(
-          f"{who}: params leaf {jax.tree_util.keystr(path) or '<root>'} has "
-          f"{kind} dtype {dtype}; only real floating-point params (float32 or "
-          "float64) can be optimized. Cast it, e.g. jnp.asarray(x, jnp.float32),"
-          " or keep integer data out of params (pass it through *args)."
+        f"{who}: params leaf {jax.tree_util.keystr(path) or '<root>'} has "
+        f"{kind} dtype {dtype}; only real floating-point params (float32 or "
+        "float64) can be optimized. Cast it, e.g. jnp.asarray(x, jnp.float32),"
+        " or keep integer data out of params (pass it through *args)."
       )
     if not getattr(leaf, "weak_type", isinstance(leaf, float)):
       dtypes.setdefault(str(dtype), []).append(
-          jax.tree_util.keystr(path) or "<root>")
+        jax.tree_util.keystr(path) or "<root>"
+      )
   if len(dtypes) > 1:
-    listing = "; ".join(f"{d}: {', '.join(names[:4])}"
-                        + (" ..." if len(names) > 4 else "")
-                        for d, names in dtypes.items())
+    listing = "; ".join(
+      f"{d}: {', '.join(names[:4])}" + (" ..." if len(names) > 4 else "")
+      for d, names in dtypes.items()
+    )
     raise TypeError(
-        f"{who}: params mix floating-point dtypes ({listing}). The optimizer "
-        "keeps one dtype for its state and products; cast every leaf to one, "
-        "e.g. jax.tree.map(lambda x: x.astype(jnp.float64), params).")
+      f"{who}: params mix floating-point dtypes ({listing}). The optimizer "
+      "keeps one dtype for its state and products; cast every leaf to one, "
+      "e.g. jax.tree.map(lambda x: x.astype(jnp.float64), params)."
+    )
 
 
-def check_scalar_loss(fun: Callable[[Any], Any], params: Any, who: str,
-                      has_aux: bool = False) -> None:
+def check_scalar_loss(
+  fun: Callable[[Any], Any], params: Any, who: str, has_aux: bool = False
+) -> None:
   """Raises ``TypeError`` unless ``fun(params)`` is a real float scalar, or,
   with ``has_aux``, a pair ``(scalar, aux)``."""
   out = jax.eval_shape(fun, params)
   if has_aux:
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
       raise TypeError(
-          f"{who}: has_aux=True, so the loss must return a pair (loss, aux); "
-          f"got {type(out).__name__}.")
+        f"{who}: has_aux=True, so the loss must return a pair (loss, aux); "
+        f"got {type(out).__name__}."
+      )
     if not jax.tree_util.tree_leaves(out[1]):
       raise TypeError(
-          f"{who}: has_aux=True, but the loss's aux ({out[1]!r}) holds no "
-          "arrays. Return an array or a pytree of arrays as aux, or pass "
-          "has_aux=False and return the loss alone.")
+        f"{who}: has_aux=True, but the loss's aux ({out[1]!r}) holds no "
+        "arrays. Return an array or a pytree of arrays as aux, or pass "
+        "has_aux=False and return the loss alone."
+      )
     out = out[0]
   elif isinstance(out, (tuple, list)):
     raise TypeError(
-        f"{who}: the loss returned a {type(out).__name__} of {len(out)} items;"
-        " it must return one scalar. If it returns (loss, aux), pass "
-        "has_aux=True (trncg and solve support it), or return only the loss."
+      f"{who}: the loss returned a {type(out).__name__} of {len(out)} items;"
+      " it must return one scalar. If it returns (loss, aux), pass "
+      "has_aux=True (trncg and solve support it), or return only the loss."
     )
   shape = getattr(out, "shape", None)
   dtype = getattr(out, "dtype", None)
   if shape != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(
-        f"{who}: the loss must return a real floating-point scalar (shape ()),"
-        f" got shape {shape} and dtype {dtype}. Reduce it, e.g. with "
-        "jnp.mean(...), before returning."
+      f"{who}: the loss must return a real floating-point scalar (shape ()),"
+      f" got shape {shape} and dtype {dtype}. Reduce it, e.g. with "
+      "jnp.mean(...), before returning."
     )
 
 
-def check_number(name: str, value: Any, low: float, high: float,
-                 low_open: bool = False, high_open: bool = False,
-                 integer: bool = False) -> None:
+def check_number(
+  name: str,
+  value: Any,
+  low: float,
+  high: float,
+  low_open: bool = False,
+  high_open: bool = False,
+  integer: bool = False,
+) -> None:
   """Raises ``ValueError`` naming ``name`` unless ``value`` is in the range.
 
   Traced values are let through: they can only be checked when concrete.
@@ -139,17 +169,24 @@ def check_number(name: str, value: Any, low: float, high: float,
   allowed = f"{lo_b}{low}, {high}{hi_b}"
   kind = "an integer" if integer else "a real number"
   # A string such as '0.2' converts with float() but is a misuse, not a number.
-  is_number = (isinstance(value, (numbers.Real, np.ndarray, jax.Array))
-               and not isinstance(value, bool) and np.ndim(value) == 0)
+  is_number = (
+    isinstance(value, (numbers.Real, np.ndarray, jax.Array))
+    and not isinstance(value, bool)
+    and np.ndim(value) == 0
+  )
   try:
     number = float(value) if is_number else None
   except (TypeError, ValueError):
     number = None
   if number is None:
     raise ValueError(
-        f"{name} must be {kind} in {allowed}, got {value!r}") from None
-  if integer and (isinstance(value, bool) or not float(number).is_integer()
-                  or not isinstance(value, (numbers.Integral, jax.Array))):
+      f"{name} must be {kind} in {allowed}, got {value!r}"
+    ) from None
+  if integer and (
+    isinstance(value, bool)
+    or not float(number).is_integer()
+    or not isinstance(value, (numbers.Integral, jax.Array))
+  ):
     raise ValueError(f"{name} must be {kind} in {allowed}, got {value!r}")
   too_low = number <= low if low_open else number < low
   too_high = number >= high if high_open else number > high
@@ -157,28 +194,33 @@ def check_number(name: str, value: Any, low: float, high: float,
     raise ValueError(f"{name} must be {kind} in {allowed}, got {value!r}")
 
 
-def check_state(state: Any, state_type: type, params: Any, like: Any,
-                who: str) -> None:
+def check_state(
+  state: Any, state_type: type, params: Any, like: Any, who: str
+) -> None:
   """Raises ``TypeError`` unless ``state`` is a ``state_type`` made for params
   of the structure, shapes and dtypes of ``params`` (``like`` is the state's
   params-shaped field)."""
   if not isinstance(state, state_type):
     raise TypeError(
-        f"{who}: state is a {type(state).__name__}, not a "
-        f"{state_type.__name__}; pass the state made by this optimizer's init "
-        "(each optimizer has its own state).")
+      f"{who}: state is a {type(state).__name__}, not a "
+      f"{state_type.__name__}; pass the state made by this optimizer's init "
+      "(each optimizer has its own state)."
+    )
 
   def describe(tree):
-    return jax.tree.map(lambda x: f"{jnp.result_type(x)}{list(jnp.shape(x))}",
-                        tree)
+    return jax.tree.map(
+      lambda x: f"{jnp.result_type(x)}{list(jnp.shape(x))}", tree
+    )
 
-  same = (jax.tree.structure(like) == jax.tree.structure(params) and all(
-      jnp.shape(a) == jnp.shape(b) and jnp.result_type(a) == jnp.result_type(b)
-      for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(params))))
+  same = jax.tree.structure(like) == jax.tree.structure(params) and all(
+    jnp.shape(a) == jnp.shape(b) and jnp.result_type(a) == jnp.result_type(b)
+    for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(params))
+  )
   if not same:
     raise TypeError(
-        f"{who}: the state was made for params {describe(like)}, but params "
-        f"are {describe(params)}. Call init with the params you update.")
+      f"{who}: the state was made for params {describe(like)}, but params "
+      f"are {describe(params)}. Call init with the params you update."
+    )
 
 
 def named_options(factory: Callable) -> Callable:
@@ -190,8 +232,11 @@ def named_options(factory: Callable) -> Callable:
   ``optax.inject_hyperparams`` see every option.
   """
   parameters = inspect.signature(factory).parameters
-  options = [name for name, p in parameters.items()
-             if p.kind == inspect.Parameter.KEYWORD_ONLY]
+  options = [
+    name
+    for name, p in parameters.items()
+    if p.kind == inspect.Parameter.KEYWORD_ONLY
+  ]
 
   @functools.wraps(factory)
   def checked(*args, **kwargs):
@@ -200,7 +245,9 @@ def named_options(factory: Callable) -> Callable:
         close = difflib.get_close_matches(name, options, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise TypeError(
-            f"{factory.__name__}() got an unknown option {name!r}.{hint} "
-            f"Valid options: {', '.join(options)}.")
+          f"{factory.__name__}() got an unknown option {name!r}.{hint} "
+          f"Valid options: {', '.join(options)}."
+        )
     return factory(*args, **kwargs)
+
   return checked

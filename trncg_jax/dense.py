@@ -54,13 +54,18 @@ def residual_jacobian(loss: LeastSquares, params: Any) -> jax.Array:
   residuals = lambda x: ravel_pytree(loss.residual_fn(unravel(x)))[0]
   values, jvp = jax.linearize(residuals, flat)
   batch = max(1, min(flat.size, JACOBIAN_BATCH_ENTRIES // max(values.size, 1)))
-  return jax.lax.map(jvp, jnp.eye(flat.size, dtype=flat.dtype),
-                     batch_size=batch)
+  return jax.lax.map(
+    jvp, jnp.eye(flat.size, dtype=flat.dtype), batch_size=batch
+  )
 
 
-def dense_gauss_newton(loss: LeastSquares, params: Any, grad: Any,
-                       radius: jax.Array, damping: jax.Array
-                       ) -> SteihaugResult:
+def dense_gauss_newton(
+  loss: LeastSquares,
+  params: Any,
+  grad: Any,
+  radius: jax.Array,
+  damping: jax.Array,
+) -> SteihaugResult:
   """Solves the Gauss-Newton subproblem exactly in the norm of ``A``.
 
   Args:
@@ -98,10 +103,12 @@ def dense_gauss_newton(loss: LeastSquares, params: Any, grad: Any,
   g = jnp.ldexp(flat_grad, -2 * exponent)
   curvature = 2.0 * jac_t @ jac_t.T
   trace = jnp.trace(curvature)
-  mu = jnp.maximum(damping * trace / size,
-                   DAMPING_FLOOR_ULPS * jnp.finfo(dtype).eps * trace)
+  mu = jnp.maximum(
+    damping * trace / size, DAMPING_FLOOR_ULPS * jnp.finfo(dtype).eps * trace
+  )
   factor = jax.scipy.linalg.cho_factor(
-      curvature + mu * jnp.eye(size, dtype=dtype), lower=True)
+    curvature + mu * jnp.eye(size, dtype=dtype), lower=True
+  )
   d = -jax.scipy.linalg.cho_solve(factor, g)
   d_norm_sq = -(g @ d)  # ||d||_A^2, in scaled units
   finite = jnp.all(jnp.isfinite(d)) & (d_norm_sq > 0)
@@ -110,13 +117,16 @@ def dense_gauss_newton(loss: LeastSquares, params: Any, grad: Any,
   step = tau * jnp.where(finite, d, 0.0)
   jp = jac_t.T @ step
   predicted = -(g @ step) - jp @ jp  # -(g.p + p.B.p / 2), B = 2 J^T J
-  exit_code = jnp.where(~finite, CGStatus.NON_FINITE,
-                        jnp.where(tau < 1, CGStatus.HIT_BOUNDARY,
-                                  CGStatus.CONVERGED))
+  exit_code = jnp.where(
+    ~finite,
+    CGStatus.NON_FINITE,
+    jnp.where(tau < 1, CGStatus.HIT_BOUNDARY, CGStatus.CONVERGED),
+  )
   return SteihaugResult(
-      step=unravel(step.astype(dtype)),
-      predicted_reduction=jnp.ldexp(predicted, 2 * exponent).astype(dtype),
-      step_norm=(tau * d_norm).astype(dtype),
-      steps=jnp.asarray(size, jnp.int32),
-      status=exit_code.astype(jnp.int32),
-      residual_norm=jnp.zeros((), dtype))
+    step=unravel(step.astype(dtype)),
+    predicted_reduction=jnp.ldexp(predicted, 2 * exponent).astype(dtype),
+    step_norm=(tau * d_norm).astype(dtype),
+    steps=jnp.asarray(size, jnp.int32),
+    status=exit_code.astype(jnp.int32),
+    residual_norm=jnp.zeros((), dtype),
+  )

@@ -51,14 +51,16 @@ def _uses_custom_vjp(jaxpr) -> bool:
   for eqn in jaxpr.eqns:
     if "custom_vjp" in eqn.primitive.name:
       return True
-    if any(_uses_custom_vjp(j) for v in eqn.params.values()
-           for j in _jaxprs_in(v)):
+    if any(
+      _uses_custom_vjp(j) for v in eqn.params.values() for j in _jaxprs_in(v)
+    ):
       return True
   return False
 
 
-def check_hvp_mode(fun: Callable[[Any], jax.Array], params: Any,
-                   mode: str) -> None:
+def check_hvp_mode(
+  fun: Callable[[Any], jax.Array], params: Any, mode: str
+) -> None:
   """Raises ``TypeError`` at trace time if ``mode`` cannot differentiate ``fun``.
 
   JAX reports a forward-mode derivative of a ``jax.custom_vjp`` only when the
@@ -69,13 +71,15 @@ def check_hvp_mode(fun: Callable[[Any], jax.Array], params: Any,
     return
   if _uses_custom_vjp(jax.make_jaxpr(fun)(params).jaxpr):
     raise TypeError(
-        f"hvp_mode={mode!r} differentiates the gradient in forward mode, but "
-        "the loss contains a jax.custom_vjp function, which has no forward-mode"
-        " rule. Construct the optimizer with hvp_mode='reverse_over_reverse'.")
+      f"hvp_mode={mode!r} differentiates the gradient in forward mode, but "
+      "the loss contains a jax.custom_vjp function, which has no forward-mode"
+      " rule. Construct the optimizer with hvp_mode='reverse_over_reverse'."
+    )
 
 
-def make_hvp(fun: Callable[[Any], jax.Array], params: Any,
-             mode: str = FORWARD_OVER_REVERSE) -> Callable[[Any], Any]:
+def make_hvp(
+  fun: Callable[[Any], jax.Array], params: Any, mode: str = FORWARD_OVER_REVERSE
+) -> Callable[[Any], Any]:
   """Returns ``v -> H v`` where ``H`` is the Hessian of ``fun`` at ``params``
   (its Gauss-Newton matrix for ``mode="gauss_newton"``).
 

@@ -51,8 +51,10 @@ class LeastSquares:
 
   def __init__(self, residual_fn: Callable[..., Any]):
     if not callable(residual_fn):
-      raise TypeError(f"LeastSquares needs a callable residual_fn, got "
-                      f"{type(residual_fn).__name__}.")
+      raise TypeError(
+        f"LeastSquares needs a callable residual_fn, got "
+        f"{type(residual_fn).__name__}."
+      )
     self.residual_fn = residual_fn
 
   def __call__(self, params: Any, *args, **kwargs) -> jax.Array:
@@ -67,15 +69,9 @@ class LeastSquares:
     return f"LeastSquares({getattr(self.residual_fn, '__name__', '...')})"
 
 
-def bind(loss_fn: Callable[..., Any], *args, **kwargs) -> Callable[[Any], Any]:
-  """``params -> loss_fn(params, *args, **kwargs)``, keeping a
-  :class:`LeastSquares` loss one, so its residuals stay reachable."""
-  if isinstance(loss_fn, LeastSquares):
-    return loss_fn.bind(*args, **kwargs)
-  return lambda params: loss_fn(params, *args, **kwargs)
-
-
-def gauss_newton_product(loss: LeastSquares, params: Any) -> Callable[[Any], Any]:
+def gauss_newton_product(
+  loss: LeastSquares, params: Any
+) -> Callable[[Any], Any]:
   """Returns ``v -> G v`` with ``G = 2 J^T J``, ``J`` the residuals' Jacobian.
 
   The residuals are linearized once (``jax.linearize``), so each product is
@@ -100,11 +96,14 @@ def check_residuals(loss: Any, params: Any) -> None:
   at ``params`` are float arrays (checked on shapes, at trace time)."""
   if not isinstance(loss, LeastSquares):
     raise TypeError(
-        "hvp_mode='gauss_newton' needs the loss as its residuals: wrap it as "
-        "trncg_jax.LeastSquares(residual_fn), where the loss is the sum of "
-        "squares of residual_fn(params, *args). For any other loss use "
-        "hvp_mode='forward_over_reverse'.")
+      "hvp_mode='gauss_newton' needs the loss as its residuals: wrap it as "
+      "trncg_jax.LeastSquares(residual_fn), where the loss is the sum of "
+      "squares of residual_fn(params, *args). For any other loss use "
+      "hvp_mode='forward_over_reverse'."
+    )
   for r in jax.tree.leaves(jax.eval_shape(loss.residual_fn, params)):
     if not jnp.issubdtype(r.dtype, jnp.floating):
-      raise TypeError(f"LeastSquares: residuals must be real float arrays, "
-                      f"got dtype {r.dtype}.")
+      raise TypeError(
+        f"LeastSquares: residuals must be real float arrays, "
+        f"got dtype {r.dtype}."
+      )

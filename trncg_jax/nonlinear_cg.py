@@ -26,14 +26,25 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from trncg_jax._checks import (all_finite, check_float_params, check_number,
-                               check_scalar_loss, check_state, named_options,
-                               tree_max_abs)
-from trncg_jax.least_squares import bind
-from trncg_jax.trust_region import distinct_buffers, evaluate
+from trncg_jax._checks import (
+  all_finite,
+  check_float_params,
+  check_number,
+  check_scalar_loss,
+  check_state,
+  named_options,
+  tree_max_abs,
+)
+from trncg_jax.loss import bind, distinct_buffers, evaluate
+from trncg_jax.status import SolveStatus
 
-BETA_RULES = ("hestenes-stiefel", "fletcher-reeves", "polak-ribiere",
-              "polak-ribiere-plus", "dai-yuan")
+BETA_RULES = (
+  "hestenes-stiefel",
+  "fletcher-reeves",
+  "polak-ribiere",
+  "polak-ribiere-plus",
+  "dai-yuan",
+)
 #: Closed-form step ``alpha = -g^T d / d^T H d`` (one HVP): exact for
 #: quadratics only. It exists to test the CG theory, not for training.
 EXACT_QUADRATIC = "exact_quadratic"
@@ -60,16 +71,20 @@ def beta_value(rule: str, grad, prev_grad, prev_direction) -> jax.Array:
   """The conjugacy coefficient ``beta_k`` of ``rule`` (see module docstring)."""
   y = optax.tree.sub(grad, prev_grad)
   if rule == "fletcher-reeves":
-    return _guarded_div(optax.tree.vdot(grad, grad),
-                        optax.tree.vdot(prev_grad, prev_grad))
+    return _guarded_div(
+      optax.tree.vdot(grad, grad), optax.tree.vdot(prev_grad, prev_grad)
+    )
   if rule == "dai-yuan":
-    return _guarded_div(optax.tree.vdot(grad, grad),
-                        optax.tree.vdot(y, prev_direction))
+    return _guarded_div(
+      optax.tree.vdot(grad, grad), optax.tree.vdot(y, prev_direction)
+    )
   if rule == "hestenes-stiefel":
-    return _guarded_div(optax.tree.vdot(y, grad),
-                        optax.tree.vdot(y, prev_direction))
-  pr = _guarded_div(optax.tree.vdot(y, grad),
-                    optax.tree.vdot(prev_grad, prev_grad))
+    return _guarded_div(
+      optax.tree.vdot(y, grad), optax.tree.vdot(y, prev_direction)
+    )
+  pr = _guarded_div(
+    optax.tree.vdot(y, grad), optax.tree.vdot(prev_grad, prev_grad)
+  )
   return jnp.maximum(pr, 0.0) if rule == "polak-ribiere-plus" else pr
 
 
@@ -100,33 +115,47 @@ class NonlinearCGConfig:
       (N&W eq. 3.60), so a first guess of 1 is well scaled.
   """
 
-  beta: str = dataclasses.field(default="polak-ribiere-plus",
-                                metadata=dict(static=True))
+  beta: str = dataclasses.field(
+    default="polak-ribiere-plus", metadata=dict(static=True)
+  )
   restart_every: Optional[int] = dataclasses.field(
-      default=None, metadata=dict(static=True))
+    default=None, metadata=dict(static=True)
+  )
   powell_nu: float = dataclasses.field(default=0.2, metadata=dict(static=True))
   linesearch: "Linesearch" = dataclasses.field(
-      default=None, metadata=dict(static=True))
+    default=None, metadata=dict(static=True)
+  )
 
   def validate(self) -> "NonlinearCGConfig":
     if self.beta not in BETA_RULES:
       raise ValueError(f"beta must be one of {BETA_RULES}, got {self.beta!r}")
     if self.restart_every is not None:
-      check_number("restart_every", self.restart_every, 1, 2**31 - 1,
-                   integer=True)
-    check_number("powell_nu", self.powell_nu, 0.0, float("inf"),
-                 low_open=True, high_open=True)
+      check_number(
+        "restart_every", self.restart_every, 1, 2**31 - 1, integer=True
+      )
+    check_number(
+      "powell_nu",
+      self.powell_nu,
+      0.0,
+      float("inf"),
+      low_open=True,
+      high_open=True,
+    )
     ls = self.linesearch
     is_transform = isinstance(ls, optax.GradientTransformation)
     # A line search keeps the new point's value and grad in its state (that is
     # how this optimizer reads them); optax.adam(...) and the like do not.
-    if not (ls is None or (isinstance(ls, str) and ls == EXACT_QUADRATIC)
-            or (is_transform and _stores_value_and_grad(ls))):
+    if not (
+      ls is None
+      or (isinstance(ls, str) and ls == EXACT_QUADRATIC)
+      or (is_transform and _stores_value_and_grad(ls))
+    ):
       raise ValueError(
-          "linesearch must be None, 'exact_quadratic' or an optax line search "
-          "that stores value and grad in its state (e.g. "
-          "optax.scale_by_zoom_linesearch(...) or optax."
-          f"scale_by_backtracking_linesearch(..., store_grad=True)), got {ls!r}")
+        "linesearch must be None, 'exact_quadratic' or an optax line search "
+        "that stores value and grad in its state (e.g. "
+        "optax.scale_by_zoom_linesearch(...) or optax."
+        f"scale_by_backtracking_linesearch(..., store_grad=True)), got {ls!r}"
+      )
     return self
 
   def resolved_linesearch(self):
@@ -137,12 +166,15 @@ class NonlinearCGConfig:
 
 def _stores_value_and_grad(linesearch) -> bool:
   state = jax.eval_shape(linesearch.init, jnp.zeros(1))
-  return all(optax.tree.get(state, key, default=None) is not None
-             for key in ("value", "grad"))
+  return all(
+    optax.tree.get(state, key, default=None) is not None
+    for key in ("value", "grad")
+  )
 
 
 _DEFAULT_LINESEARCH = optax.scale_by_zoom_linesearch(
-    max_linesearch_steps=30, curv_rtol=0.2, initial_guess_strategy="one")
+  max_linesearch_steps=30, curv_rtol=0.2, initial_guess_strategy="one"
+)
 
 
 class ExactLinesearchState(NamedTuple):
@@ -207,6 +239,17 @@ class NonlinearCGState(NamedTuple):
   info: NonlinearCGInfo
   config: NonlinearCGConfig
 
+  def terminate(self, min_radius: jax.Array) -> jax.Array:
+    """The protocol of :func:`trncg_jax.solve`: ``STAGNATION`` after
+    :data:`MAX_REJECTIONS` rejected steps in a row, else ``MAX_STEPS`` (go
+    on). ``min_radius`` is trncg's and unused here."""
+    del min_radius
+    return jnp.where(
+      self.rejections >= MAX_REJECTIONS,
+      SolveStatus.STAGNATION,
+      SolveStatus.MAX_STEPS,
+    )
+
 
 def _init(params, config: NonlinearCGConfig) -> NonlinearCGState:
   check_float_params(params, "nonlinear_cg")
@@ -214,30 +257,45 @@ def _init(params, config: NonlinearCGConfig) -> NonlinearCGState:
   ls = config.resolved_linesearch()
   if ls == EXACT_QUADRATIC:
     ls_state = ExactLinesearchState(
-        jnp.ones((), dtype), jnp.asarray(jnp.inf, dtype),
-        optax.tree.zeros_like(params))
+      jnp.ones((), dtype),
+      jnp.asarray(jnp.inf, dtype),
+      optax.tree.zeros_like(params),
+    )
   else:
     ls_state = ls.init(jax.tree.map(jnp.asarray, params))  # Python floats
   n = sum(jnp.size(x) for x in jax.tree_util.tree_leaves(params))
   zero, inf = jnp.zeros((), dtype), jnp.asarray(jnp.inf, dtype)
-  return distinct_buffers(NonlinearCGState(
+  return distinct_buffers(
+    NonlinearCGState(
       count=jnp.zeros((), jnp.int32),
       direction=optax.tree.zeros_like(params),
-      prev_grad=optax.tree.zeros_like(params), prev_slope=zero,
-      stepsize=jnp.ones((), dtype), since_restart=jnp.zeros((), jnp.int32),
+      prev_grad=optax.tree.zeros_like(params),
+      prev_slope=zero,
+      stepsize=jnp.ones((), dtype),
+      since_restart=jnp.zeros((), jnp.int32),
       rejections=jnp.zeros((), jnp.int32),
       restart_every=jnp.asarray(config.restart_every or n, jnp.int32),
       linesearch_state=ls_state,
-      info=NonlinearCGInfo(inf, inf, zero, jnp.asarray(True),
-                           jnp.zeros((), jnp.int32), zero, jnp.asarray(True)),
-      config=config))
+      info=NonlinearCGInfo(
+        inf,
+        inf,
+        zero,
+        jnp.asarray(True),
+        jnp.zeros((), jnp.int32),
+        zero,
+        jnp.asarray(True),
+      ),
+      config=config,
+    )
+  )
 
 
 def _exact_quadratic_step(fun, params, direction, grad):
   """``alpha = -g^T d / d^T H d``, the exact minimizer along ``d`` if quadratic."""
   hd = jax.jvp(jax.grad(fun), (params,), (direction,))[1]
-  alpha = _guarded_div(-optax.tree.vdot(grad, direction),
-                       optax.tree.vdot(direction, hd))
+  alpha = _guarded_div(
+    -optax.tree.vdot(grad, direction), optax.tree.vdot(direction, hd)
+  )
   updates = optax.tree.scale(alpha, direction)
   value, new_grad = jax.value_and_grad(fun)(optax.tree.add(params, updates))
   return updates, ExactLinesearchState(alpha, value, new_grad)
@@ -247,28 +305,39 @@ def _outside_domain_as_nan(value_fn):
   """``value_fn`` with inf and -inf turned to NaN: optax's line searches take
   NaN as outside the domain and shorten the step, but would accept -inf as a
   decrease, and this optimizer then rejects it, the same step every time."""
+
   def fn(params, **kwargs):
     value = value_fn(params, **kwargs)
     return jnp.where(jnp.isfinite(value), value, jnp.nan)
+
   return fn
 
 
-def _update(config: NonlinearCGConfig, state: NonlinearCGState, params,
-            value, grad, value_fn, extra_args) -> tuple[Any, NonlinearCGState]:
+def _update(
+  config: NonlinearCGConfig,
+  state: NonlinearCGState,
+  params,
+  value,
+  grad,
+  value_fn,
+  extra_args,
+) -> tuple[Any, NonlinearCGState]:
   """One nonlinear CG step from a known value and gradient (shared core)."""
   dtype = state.stepsize.dtype
   value = jnp.asarray(value, dtype)
   gg = optax.tree.vdot(grad, grad)
   beta = beta_value(config.beta, grad, state.prev_grad, state.direction)
-  direction = optax.tree.add_scale(optax.tree.scale(-1.0, grad), beta,
-                                   state.direction)
+  direction = optax.tree.add_scale(
+    optax.tree.scale(-1.0, grad), beta, state.direction
+  )
   slope = optax.tree.vdot(grad, direction)
-  restart = ((state.count == 0)
-             | (state.since_restart + 1 >= state.restart_every)
-             | ~(slope < 0)  # not a descent direction (or NaN)
-             | (jnp.abs(optax.tree.vdot(grad, state.prev_grad))
-                >= config.powell_nu * gg)
-             | ~state.info.accepted)
+  restart = (
+    (state.count == 0)
+    | (state.since_restart + 1 >= state.restart_every)
+    | ~(slope < 0)  # not a descent direction (or NaN)
+    | (jnp.abs(optax.tree.vdot(grad, state.prev_grad)) >= config.powell_nu * gg)
+    | ~state.info.accepted
+  )
   beta = jnp.where(restart, 0.0, beta).astype(dtype)
   direction = optax.tree.where(restart, optax.tree.scale(-1.0, grad), direction)
   slope = jnp.where(restart, -gg, slope)
@@ -278,11 +347,17 @@ def _update(config: NonlinearCGConfig, state: NonlinearCGState, params,
   # ratio would explode, sending the search into overflow.
   # After a rejection, a shorter step than the one rejected.
   guess = jnp.where(
-      state.count == 0, jnp.minimum(1.0, _guarded_div(1.0, jnp.sqrt(gg))),
-      jnp.where(state.info.accepted,
-                jnp.minimum(_guarded_div(state.stepsize * state.prev_slope,
-                                         slope), 10.0 * state.stepsize),
-                REJECTED_SHRINK * state.stepsize))
+    state.count == 0,
+    jnp.minimum(1.0, _guarded_div(1.0, jnp.sqrt(gg))),
+    jnp.where(
+      state.info.accepted,
+      jnp.minimum(
+        _guarded_div(state.stepsize * state.prev_slope, slope),
+        10.0 * state.stepsize,
+      ),
+      REJECTED_SHRINK * state.stepsize,
+    ),
+  )
   guess = jnp.where(guess > 0, guess, 1.0).astype(dtype)
   scaled = optax.tree.scale(guess, direction)
 
@@ -292,10 +367,15 @@ def _update(config: NonlinearCGConfig, state: NonlinearCGState, params,
     updates, ls_state = _exact_quadratic_step(fun, params, direction, grad)
     stepsize = ls_state.learning_rate
   else:
-    updates, ls_state = ls.update(scaled, state.linesearch_state, params,
-                                  value=value, grad=grad,
-                                  value_fn=_outside_domain_as_nan(value_fn),
-                                  **extra_args)
+    updates, ls_state = ls.update(
+      scaled,
+      state.linesearch_state,
+      params,
+      value=value,
+      grad=grad,
+      value_fn=_outside_domain_as_nan(value_fn),
+      **extra_args,
+    )
     stepsize = guess * optax.tree.get(ls_state, "learning_rate")
   new_value = optax.tree.get(ls_state, "value")
   new_grad = optax.tree.get(ls_state, "grad")
@@ -304,28 +384,45 @@ def _update(config: NonlinearCGConfig, state: NonlinearCGState, params,
   # A search that found no step (every trial outside the domain) returns
   # zero updates: a rejection too, so that solve stops instead of idling.
   step_max = tree_max_abs(updates)
-  accepted = (jnp.isfinite(new_value) & all_finite(new_grad)
-              & jnp.isfinite(step_max) & (step_max > 0) & (gg > 0)
-              & (new_value <= value + INCREASE_RTOL * jnp.abs(value)))
+  accepted = (
+    jnp.isfinite(new_value)
+    & all_finite(new_grad)
+    & jnp.isfinite(step_max)
+    & (step_max > 0)
+    & (gg > 0)
+    & (new_value <= value + INCREASE_RTOL * jnp.abs(value))
+  )
   # Rejected (non-finite or higher end point, zero gradient): stay put, keep
   # value and grad; the next step restarts from -g.
   updates = optax.tree.where(accepted, updates, optax.tree.zeros_like(updates))
-  ls_state = optax.tree.set(ls_state, value=jnp.where(accepted, new_value, value),
-                            grad=optax.tree.where(accepted, new_grad, grad))
+  ls_state = optax.tree.set(
+    ls_state,
+    value=jnp.where(accepted, new_value, value),
+    grad=optax.tree.where(accepted, new_grad, grad),
+  )
   steps = optax.tree.get(ls_state, "num_linesearch_steps")
   info = NonlinearCGInfo(
-      loss=optax.tree.get(ls_state, "value"),
-      grad_norm=optax.tree.norm(optax.tree.get(ls_state, "grad")),
-      beta=beta, restarted=restart,
-      linesearch_steps=jnp.asarray(-1 if steps is None else steps, jnp.int32),
-      stepsize=jnp.asarray(stepsize, dtype), accepted=accepted)
+    loss=optax.tree.get(ls_state, "value"),
+    grad_norm=optax.tree.norm(optax.tree.get(ls_state, "grad")),
+    beta=beta,
+    restarted=restart,
+    linesearch_steps=jnp.asarray(-1 if steps is None else steps, jnp.int32),
+    stepsize=jnp.asarray(stepsize, dtype),
+    accepted=accepted,
+  )
   new_state = NonlinearCGState(
-      count=state.count + 1, direction=direction, prev_grad=grad,
-      prev_slope=slope.astype(dtype), stepsize=info.stepsize,
-      since_restart=jnp.where(restart, 0, state.since_restart + 1),
-      rejections=jnp.where(accepted, 0, state.rejections + 1),
-      restart_every=state.restart_every, linesearch_state=ls_state, info=info,
-      config=state.config)
+    count=state.count + 1,
+    direction=direction,
+    prev_grad=grad,
+    prev_slope=slope.astype(dtype),
+    stepsize=info.stepsize,
+    since_restart=jnp.where(restart, 0, state.since_restart + 1),
+    rejections=jnp.where(accepted, 0, state.rejections + 1),
+    restart_every=state.restart_every,
+    linesearch_state=ls_state,
+    info=info,
+    config=state.config,
+  )
   return updates, new_state
 
 
@@ -333,10 +430,13 @@ Linesearch = Union[None, str, optax.GradientTransformationExtraArgs]
 
 
 @named_options
-def nonlinear_cg(*, beta: str = "polak-ribiere-plus",
-                 restart_every: Optional[int] = None, powell_nu: float = 0.2,
-                 linesearch: Linesearch = None,
-                 ) -> optax.GradientTransformationExtraArgs:
+def nonlinear_cg(
+  *,
+  beta: str = "polak-ribiere-plus",
+  restart_every: Optional[int] = None,
+  powell_nu: float = 0.2,
+  linesearch: Linesearch = None,
+) -> optax.GradientTransformationExtraArgs:
   """Nonlinear conjugate gradient, called exactly like ``optax.lbfgs``.
 
   ``update(grads, state, params, *, value, grad, value_fn, **extra_args)``;
@@ -386,26 +486,42 @@ def nonlinear_cg(*, beta: str = "polak-ribiere-plus",
     p. 121; eqs. 5.44-5.50 (PR, PR+, HS), pp. 122-123; restarts, p. 124-125;
     Dai & Yuan, SIAM J. Optim. 10 (1999) 177-182.
   """
-  config = NonlinearCGConfig(beta, restart_every, powell_nu,
-                             linesearch).validate()
+  config = NonlinearCGConfig(
+    beta, restart_every, powell_nu, linesearch
+  ).validate()
 
   def init_fn(params):
     return _init(params, config)
 
-  def update_fn(updates, state, params=None, *, value=None, grad=None,
-                value_fn=None, **extra_args):
+  def update_fn(
+    updates,
+    state,
+    params=None,
+    *,
+    value=None,
+    grad=None,
+    value_fn=None,
+    **extra_args,
+  ):
     if params is None or value_fn is None:
       raise TypeError(
-          "nonlinear_cg's update needs params and value_fn: call "
-          "update(grads, state, params, value=..., grad=..., value_fn=loss).")
+        "nonlinear_cg's update needs params and value_fn: call "
+        "update(grads, state, params, value=..., grad=..., value_fn=loss)."
+      )
     check_float_params(params, "nonlinear_cg")
-    check_state(state, NonlinearCGState, params, getattr(state, "prev_grad",
-                                                         None), "nonlinear_cg")
+    check_state(
+      state,
+      NonlinearCGState,
+      params,
+      getattr(state, "prev_grad", None),
+      "nonlinear_cg",
+    )
     check_scalar_loss(bind(value_fn, **extra_args), params, "nonlinear_cg")
     if value is not None and jnp.shape(value) != ():
       raise TypeError(
-          f"nonlinear_cg: value must be the loss at params, a scalar; got "
-          f"shape {jnp.shape(value)}.")
+        f"nonlinear_cg: value must be the loss at params, a scalar; got "
+        f"shape {jnp.shape(value)}."
+      )
     grad = updates if grad is None else grad
     value = value_fn(params, **extra_args) if value is None else value
     return _update(config, state, params, value, grad, value_fn, extra_args)
@@ -414,18 +530,25 @@ def nonlinear_cg(*, beta: str = "polak-ribiere-plus",
 
 
 @named_options
-def nonlinear_cg_init(params: Any, *, beta: str = "polak-ribiere-plus",
-                      restart_every: Optional[int] = None,
-                      powell_nu: float = 0.2, linesearch: Linesearch = None,
-                      ) -> NonlinearCGState:
+def nonlinear_cg_init(
+  params: Any,
+  *,
+  beta: str = "polak-ribiere-plus",
+  restart_every: Optional[int] = None,
+  powell_nu: float = 0.2,
+  linesearch: Linesearch = None,
+) -> NonlinearCGState:
   """Initializes :func:`nonlinear_cg_update`; the options are those of
   :func:`nonlinear_cg`, kept in the state (``state.config``)."""
-  return _init(params, NonlinearCGConfig(beta, restart_every, powell_nu,
-                                         linesearch).validate())
+  return _init(
+    params,
+    NonlinearCGConfig(beta, restart_every, powell_nu, linesearch).validate(),
+  )
 
 
-def nonlinear_cg_update(params, state: NonlinearCGState,
-                        loss_fn: Callable[..., jax.Array], *args):
+def nonlinear_cg_update(
+  params, state: NonlinearCGState, loss_fn: Callable[..., jax.Array], *args
+):
   """One nonlinear CG step as a pure function, like :func:`trncg_update`.
 
   Args:
@@ -449,15 +572,20 @@ def nonlinear_cg_update(params, state: NonlinearCGState,
     [2. 2. 2.]
   """
   check_float_params(params, "nonlinear_cg_update")
-  check_state(state, NonlinearCGState, params, getattr(state, "prev_grad",
-                                                       None),
-              "nonlinear_cg_update")
+  check_state(
+    state,
+    NonlinearCGState,
+    params,
+    getattr(state, "prev_grad", None),
+    "nonlinear_cg_update",
+  )
   fun = bind(loss_fn, *args)
   check_scalar_loss(fun, params, "nonlinear_cg_update")
   stored_value = optax.tree.get(state.linesearch_state, "value")
   value, grad = jax.lax.cond(
-      jnp.isfinite(stored_value),
-      lambda: (stored_value, optax.tree.get(state.linesearch_state, "grad")),
-      lambda: evaluate(fun, params, stored_value.dtype, has_aux=False)[:2])
+    jnp.isfinite(stored_value),
+    lambda: (stored_value, optax.tree.get(state.linesearch_state, "grad")),
+    lambda: evaluate(fun, params, stored_value.dtype, has_aux=False)[:2],
+  )
   updates, state = _update(state.config, state, params, value, grad, fun, {})
   return optax.tree.add(params, updates), state

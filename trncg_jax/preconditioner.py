@@ -12,8 +12,8 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 import optax
+from jax.flatten_util import ravel_pytree
 
 from trncg_jax._checks import all_finite
 
@@ -51,8 +51,11 @@ class NystromFactors(NamedTuple):
   def identity(cls, like: Any, rank: int) -> "NystromFactors":
     """``M = I``, in the shapes of a rank-``rank`` sketch of ``like``."""
     flat = ravel_pytree(like)[0]
-    return cls(jnp.zeros((flat.size, rank), flat.dtype),
-               jnp.ones(rank, flat.dtype), jnp.ones((), flat.dtype))
+    return cls(
+      jnp.zeros((flat.size, rank), flat.dtype),
+      jnp.ones(rank, flat.dtype),
+      jnp.ones((), flat.dtype),
+    )
 
   def preconditioner(self, like: Any) -> Preconditioner:
     """``M`` and ``M^{-1}`` on pytrees like ``like``."""
@@ -61,24 +64,38 @@ class NystromFactors(NamedTuple):
 
     def apply(inside, outside):
       """``v -> U diag(inside) U^T v + outside (I - U U^T) v``."""
+
       def fn(v):
         x = ravel_pytree(v)[0]
         return unravel(outside * x + u @ ((inside - outside) * (u.T @ x)))
+
       return fn
 
-    return Preconditioner(solve=apply(1.0 / self.inside, 1.0 / self.outside),
-                          matvec=apply(self.inside, self.outside))
+    return Preconditioner(
+      solve=apply(1.0 / self.inside, 1.0 / self.outside),
+      matvec=apply(self.inside, self.outside),
+    )
 
 
-def nystrom(matvec: Callable[[Any], Any], like: Any, rank: int,
-            key: jax.Array, damping: float = 0.0) -> Preconditioner:
+def nystrom(
+  matvec: Callable[[Any], Any],
+  like: Any,
+  rank: int,
+  key: jax.Array,
+  damping: float = 0.0,
+) -> Preconditioner:
   """The randomized Nyström preconditioner of a positive semidefinite ``A``;
   see :func:`nystrom_factors`."""
   return nystrom_factors(matvec, like, rank, key, damping).preconditioner(like)
 
 
-def nystrom_factors(matvec: Callable[[Any], Any], like: Any, rank: int,
-                    key: jax.Array, damping: float = 0.0) -> NystromFactors:
+def nystrom_factors(
+  matvec: Callable[[Any], Any],
+  like: Any,
+  rank: int,
+  key: jax.Array,
+  damping: float = 0.0,
+) -> NystromFactors:
   """The randomized Nyström preconditioner of a positive semidefinite ``A``.
 
   ``rank`` products ``A omega_i``, with ``Omega`` the orthonormalized
@@ -146,13 +163,15 @@ def nystrom_factors(matvec: Callable[[Any], Any], like: Any, rank: int,
   dtype = flat.dtype
   omega = jax.random.normal(key, (flat.size, rank), dtype)
   omega = jnp.linalg.qr(omega)[0]
-  sketch = jax.vmap(lambda w: ravel_pytree(matvec(unravel(w)))[0],
-                    in_axes=1, out_axes=1)(omega)
+  sketch = jax.vmap(
+    lambda w: ravel_pytree(matvec(unravel(w)))[0], in_axes=1, out_axes=1
+  )(omega)
   # The floor keeps M = I (not 0/0) when A vanishes on the sketch; sqrt(tiny)
   # rather than tiny, so that nu * omega does not underflow to zero.
   nu = jnp.maximum(
-      jnp.sqrt(flat.size) * jnp.finfo(dtype).eps * jnp.linalg.norm(sketch, 2),
-      jnp.sqrt(jnp.finfo(dtype).tiny))
+    jnp.sqrt(flat.size) * jnp.finfo(dtype).eps * jnp.linalg.norm(sketch, 2),
+    jnp.sqrt(jnp.finfo(dtype).tiny),
+  )
   shifted = sketch + nu * omega
   core = omega.T @ shifted
   chol = jnp.linalg.cholesky(0.5 * (core + core.T))
@@ -161,9 +180,11 @@ def nystrom_factors(matvec: Callable[[Any], Any], like: Any, rank: int,
   lam = jnp.maximum(sigma**2 - nu, 0.0)
   # Singular values come sorted: lam[0] is the largest, lam[-1] the smallest.
   mu = nu + damping * lam[0]
-  factors = NystromFactors(u, (lam + mu) / (lam[0] + mu),
-                           (lam[-1] + mu) / (lam[0] + mu))
+  factors = NystromFactors(
+    u, (lam + mu) / (lam[0] + mu), (lam[-1] + mu) / (lam[0] + mu)
+  )
   # A sketch with a NaN or inf (A's products, or a breakdown) gives M = I:
   # CG then runs unpreconditioned rather than on garbage.
-  return optax.tree.where(all_finite(factors), factors,
-                          NystromFactors.identity(like, rank))
+  return optax.tree.where(
+    all_finite(factors), factors, NystromFactors.identity(like, rank)
+  )

@@ -3,13 +3,30 @@
 The whole run is one ``lax.while_loop``: the stopping rules are inside, the
 history is preallocated, and progress reaches Python only through
 ``jax.debug.callback`` every ``progress_every`` steps.
+
+The driver has no special case per optimizer. Each step calls ``update(grad,
+state, params, value=value, grad=grad, value_fn=loss)`` and reads the state
+through a small protocol, every part of it optional and found anywhere in the
+state (e.g. inside an ``optax.chain``):
+
+* a field ``value`` (with ``grad``), as ``optax.value_and_grad_from_state``
+  reads it: the value at the new params is reused, not recomputed;
+* a sub-state method ``value_and_grad(fun, params) -> (value, grad, aux)``,
+  which replaces that rule (trncg re-evaluates when params moved elsewhere);
+* a sub-state method ``terminate(min_radius)`` returning a
+  :class:`SolveStatus` code, ``MAX_STEPS`` to go on: the optimizer's own
+  stopping rule;
+* the outermost field ``info`` that is a ``NamedTuple`` of arrays: recorded
+  in ``history`` after every step;
+* an ``init`` with the attribute ``accepts_aux``: with ``has_aux``, it gets
+  ``aux=`` an example of the loss's aux output.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import inspect
+import itertools
 import math
 import time
 from typing import Any, Callable, NamedTuple, Optional
@@ -19,15 +36,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from trncg_jax._checks import (check_float_params, check_number,
-                               check_scalar_loss, safe_norm)
-from trncg_jax.least_squares import bind
-from trncg_jax.nonlinear_cg import (MAX_REJECTIONS, NonlinearCGInfo,
-                                    NonlinearCGState)
-from trncg_jax.status import SolveStatus, StepStatus
+from trncg_jax import hvp as hvp_lib
+from trncg_jax._checks import (
+  check_float_params,
+  check_number,
+  check_scalar_loss,
+  safe_norm,
+)
+from trncg_jax.loss import bind, evaluate, loss_only
+from trncg_jax.status import SolveStatus
+from trncg_jax.steihaug import cg_steihaug
 from trncg_jax.transform import trncg
-from trncg_jax.trust_region import (TRNCGInfo, TRNCGState,
-                                    evaluate, loss_only, value_at)
+
+#: ``differentiate`` values: implicit differentiation at the solution, or
+#: forward-mode differentiation through the iterations.
+IMPLICIT, UNROLLED = "implicit", "unrolled"
 
 
 class SolveResult(NamedTuple):
@@ -61,31 +84,34 @@ class SolveResult(NamedTuple):
   run_seconds: float
 
 
-def _find_state(state, state_type):
-  """The first sub-state of type ``state_type`` in ``state`` (e.g. in a
-  chain), or None."""
-  found = optax.tree.get_all_with_path(
-      state, state_type.__name__,
-      filtering=lambda _, v: isinstance(v, state_type))
-  return found[0][1] if found else None
+def _implementers(state: Any, method: str) -> list:
+  """The sub-states of ``state`` (e.g. in a chain) that have ``method``."""
+  return [
+    node
+    for node in jax.tree.leaves(
+      state, is_leaf=lambda node: hasattr(node, method)
+    )
+    if hasattr(node, method)
+  ]
 
 
 def _find_info(state):
-  """The diagnostics NamedTuple in ``state``: trncg's or nonlinear_cg's info,
-  else optax's zoom line-search info (as in ``optax.lbfgs``), else None."""
+  """The outermost field ``info`` of ``state`` that is a NamedTuple (trncg's
+  and nonlinear_cg's, optax's line-search info in ``optax.lbfgs``), or None."""
   found = optax.tree.get_all_with_path(
-      state, "info",
-      filtering=lambda _, v: isinstance(v, (TRNCGInfo, NonlinearCGInfo)))
-  if found:
-    return found[0][1]
-  return optax.tree.get(state, "ZoomLinesearchInfo")  # matched by class name
+    state, "info", filtering=lambda _, v: hasattr(v, "_fields")
+  )
+  return min(found, key=lambda item: len(item[0]))[1] if found else None
 
 
 def _info_fields(info):
   # info.loss and info.grad_norm duplicate the history's own columns, and aux
   # gets a column of its own whatever the optimizer.
-  return {k: v for k, v in info._asdict().items()
-          if k not in ("loss", "grad_norm", "aux")}
+  return {
+    k: v
+    for k, v in info._asdict().items()
+    if k not in ("loss", "grad_norm", "aux")
+  }
 
 
 def _aux_from_state(state):
@@ -94,29 +120,100 @@ def _aux_from_state(state):
   return None if info is None else getattr(info, "aux", None)
 
 
-class _Progress:
-  """The Python side of the progress bar, fed from inside the jitted loop."""
+#: The Python side of running loops' progress: a bar and a ``log_fn`` per run,
+#: keyed by the run id the loop passes to its callback, so that runs in
+#: several threads never share a bar.
+_PROGRESS: dict = {}
+_RUN_IDS = itertools.count()
 
-  bar = None
-  log_fn: Optional[Callable] = None
 
-  @classmethod
-  def update(cls, step, loss, grad_norm):
-    step = int(step)
-    if cls.bar is not None:
-      cls.bar.n = step
-      cls.bar.set_postfix(loss=f"{float(loss):.3e}", refresh=False)
-      cls.bar.refresh()
-    if cls.log_fn is not None:
-      cls.log_fn(step, float(loss), float(grad_norm))
+def _report_progress(run_id, step, loss, grad_norm):
+  bar, log_fn = _PROGRESS.get(int(run_id), (None, None))
+  step = int(step)
+  if bar is not None:
+    bar.n = step
+    bar.set_postfix(loss=f"{float(loss):.3e}", refresh=False)
+    bar.refresh()
+  if log_fn is not None:
+    log_fn(step, float(loss), float(grad_norm))
+
+
+def _zero_cotangent(tree):
+  """Zeros to stand for the cotangent of ``tree`` (``float0`` for ints)."""
+
+  def zero(x):
+    if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+      return jnp.zeros_like(x)
+    return np.zeros(np.shape(x), jax.dtypes.float0)
+
+  return jax.tree.map(zero, tree)
+
+
+def _implicit_cotangent(loss_fn, has_aux, params, args, cotangent):
+  """The cotangent of ``args`` from that of the minimizer ``params``.
+
+  At a minimizer ``grad_x f(x*, theta) = 0``, so ``dx*/dtheta = -H^{-1}
+  d^2 f / dx dtheta`` with ``H`` the Hessian at ``x*`` (implicit function
+  theorem). The cotangent ``v`` of ``x*`` gives ``w = H^{-1} v`` by CG
+  (:func:`trncg_jax.steihaug.cg_steihaug` with an infinite radius, on the
+  package's forward-over-reverse Hessian-vector products), and ``theta``'s
+  cotangent is ``-d/dtheta <grad_x f(x*, theta), w>``. Needs ``H`` positive
+  definite: a singular or indefinite one gives non-finite cotangents.
+  """
+
+  def gradient(x, args):
+    return jax.grad(loss_only(bind(loss_fn, *args), has_aux))(x)
+
+  hvp = hvp_lib.make_hvp(
+    lambda x: loss_only(bind(loss_fn, *args), has_aux)(x),
+    params,
+    hvp_lib.FORWARD_OVER_REVERSE,
+  )
+  dtype = jnp.result_type(*jax.tree.leaves(params))
+  size = sum(jnp.size(x) for x in jax.tree.leaves(params))
+  # -v as the "gradient" of the model: CG's minimizer is H^{-1} v.
+  solved = cg_steihaug(
+    optax.tree.scale(-1.0, cotangent),
+    hvp,
+    jnp.asarray(jnp.inf, dtype),
+    0.0,
+    10 * size + 10,
+    rtol=jnp.finfo(dtype).eps ** 0.75,
+  )
+  leaves, treedef = jax.tree.flatten(args)
+  inexact = [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in leaves]
+
+  def gradient_of(float_leaves):
+    it = iter(float_leaves)
+    full = [next(it) if f else x for x, f in zip(leaves, inexact)]
+    return gradient(params, jax.tree.unflatten(treedef, full))
+
+  _, vjp = jax.vjp(gradient_of, [x for x, f in zip(leaves, inexact) if f])
+  (float_cotangents,) = vjp(solved.step)
+  it = iter(float_cotangents)
+  return jax.tree.unflatten(
+    treedef,
+    [
+      -next(it) if f else np.zeros(np.shape(x), jax.dtypes.float0)
+      for x, f in zip(leaves, inexact)
+    ],
+  )
 
 
 @functools.lru_cache(maxsize=64)  # same loss and optimizer: no recompilation
-def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
-               has_aux, history_every):
+def _build_run(
+  loss_fn,
+  optimizer,
+  max_steps,
+  progress_every,
+  with_callback,
+  has_aux,
+  history_every,
+  differentiate,
+):
   opt = optax.with_extra_args_support(optimizer)
 
-  def run(params, state, args, loss_tol, grad_tol, min_radius):
+  def loop(params, state, args, loss_tol, grad_tol, min_radius, run_id):
     full_fun = bind(loss_fn, *args)  # a LeastSquares loss stays one
     fun = loss_only(full_fun, has_aux)
     stored = optax.tree.get(state, "value") is not None
@@ -128,14 +225,13 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
     def current(params, state, first=False):
       """The value, gradient and aux (``None`` without has_aux) at params."""
       if not stored:  # e.g. adam: one evaluation gives all three
-        value, grad, aux = evaluate(full_fun, params,
-                                    jax.eval_shape(fun, params).dtype, has_aux)
+        value, grad, aux = evaluate(
+          full_fun, params, jax.eval_shape(fun, params).dtype, has_aux
+        )
         return value, grad, aux
-      tr_state = _find_state(state, TRNCGState)
-      if tr_state is not None:
-        # Reuse the accepted point's value, unless a transformation chained
-        # after trncg moved params elsewhere: then evaluate there.
-        value, grad, aux = value_at(value_fn, params, tr_state)
+      own = _implementers(state, "value_and_grad")
+      if own:  # trncg: re-evaluates if params moved from the accepted point
+        value, grad, aux = own[0].value_and_grad(value_fn, params)
         if has_aux and not aux_in_state:
           aux = full_fun(params)[1]
         return value, grad, aux
@@ -156,47 +252,53 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
     # holding step j * history_every, and the slot after the last multiple
     # holds the final step, whatever it is.
     slots = -(-max_steps // history_every) + 1
-    history = {"step": jnp.zeros(slots, jnp.int32),
-               "loss": jnp.zeros(slots, value0.dtype),
-               "grad_norm": jnp.zeros(slots, value0.dtype)}
+    history = {
+      "step": jnp.zeros(slots, jnp.int32),
+      "loss": jnp.zeros(slots, value0.dtype),
+      "grad_norm": jnp.zeros(slots, value0.dtype),
+    }
     if has_aux:
       history["aux"] = jax.tree.map(
-          lambda leaf: jnp.zeros((slots,) + jnp.shape(leaf),
-                                 jnp.result_type(leaf)), aux0)
+        lambda leaf: jnp.zeros(
+          (slots,) + jnp.shape(leaf), jnp.result_type(leaf)
+        ),
+        aux0,
+      )
     if info0 is not None:
       for name, leaf in _info_fields(info0).items():
-        history[name] = jnp.zeros((slots,) + jnp.shape(leaf),
-                                  jnp.asarray(leaf).dtype)
+        history[name] = jnp.zeros(
+          (slots,) + jnp.shape(leaf), jnp.asarray(leaf).dtype
+        )
 
     def status_of(value, gnorm, state):
-      tr_state = _find_state(state, TRNCGState)
-      cg_state = _find_state(state, NonlinearCGState)
-      stagnant = stationary = precision_limit = False
-      if tr_state is not None:
-        stagnant = tr_state.radius < min_radius
-        # Without these, a run that can make no more progress idles to
-        # max_steps.
-        stationary = tr_state.info.status == StepStatus.STATIONARY
-        precision_limit = (tr_state.info.status
-                           == StepStatus.PRECISION_LIMIT)
-      if cg_state is not None:
-        stagnant = stagnant | (cg_state.rejections >= MAX_REJECTIONS)
+      # The optimizer's own rule: without it, a run that can make no more
+      # progress (trncg's radius gone, nonlinear_cg's searches failing)
+      # idles to max_steps.
+      own = [
+        node.terminate(min_radius) for node in _implementers(state, "terminate")
+      ]
       return jnp.select(
-          [~jnp.isfinite(value) | ~jnp.isfinite(gnorm), value <= loss_tol,
-           gnorm <= grad_tol, stagnant, stationary, precision_limit],
-          [SolveStatus.NON_FINITE, SolveStatus.LOSS_TOL, SolveStatus.GRAD_TOL,
-           SolveStatus.STAGNATION, SolveStatus.STATIONARY,
-           SolveStatus.PRECISION_LIMIT],
-          SolveStatus.MAX_STEPS).astype(jnp.int32)
+        [
+          ~jnp.isfinite(value) | ~jnp.isfinite(gnorm),
+          value <= loss_tol,
+          gnorm <= grad_tol,
+        ],
+        [SolveStatus.NON_FINITE, SolveStatus.LOSS_TOL, SolveStatus.GRAD_TOL],
+        own[0] if own else SolveStatus.MAX_STEPS,
+      ).astype(jnp.int32)
 
     def record(history, k, value, gnorm, aux, state):
       slot = -(-k // history_every)
-      history = dict(history, step=history["step"].at[slot].set(k),
-                     loss=history["loss"].at[slot].set(value),
-                     grad_norm=history["grad_norm"].at[slot].set(gnorm))
+      history = dict(
+        history,
+        step=history["step"].at[slot].set(k),
+        loss=history["loss"].at[slot].set(value),
+        grad_norm=history["grad_norm"].at[slot].set(gnorm),
+      )
       if has_aux:
-        history["aux"] = jax.tree.map(lambda h, a: h.at[slot].set(a),
-                                      history["aux"], aux)
+        history["aux"] = jax.tree.map(
+          lambda h, a: h.at[slot].set(a), history["aux"], aux
+        )
       info = _find_info(state)
       if info is not None:
         for name, leaf in _info_fields(info).items():
@@ -205,8 +307,15 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
 
     gnorm0 = safe_norm(grad0)
     history = record(history, 0, value0, gnorm0, aux0, state)
-    carry0 = (jnp.zeros((), jnp.int32), params, state, value0, grad0, history,
-              status_of(value0, gnorm0, state))
+    carry0 = (
+      jnp.zeros((), jnp.int32),
+      params,
+      state,
+      value0,
+      grad0,
+      history,
+      status_of(value0, gnorm0, state),
+    )
 
     def cond(carry):
       k, *_, status = carry
@@ -214,8 +323,9 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
 
     def body(carry):
       k, params, state, value, grad, history, _ = carry
-      updates, state = opt.update(grad, state, params, value=value, grad=grad,
-                                  value_fn=value_fn)
+      updates, state = opt.update(
+        grad, state, params, value=value, grad=grad, value_fn=value_fn
+      )
       params = optax.apply_updates(params, updates)
       value, grad, aux = current(params, state)
       gnorm = safe_norm(grad)
@@ -223,16 +333,54 @@ def _build_run(loss_fn, optimizer, max_steps, progress_every, with_callback,
       history = record(history, k, value, gnorm, aux, state)
       if with_callback:
         jax.lax.cond(
-            (k % progress_every == 0) | (k == max_steps),
-            lambda: jax.debug.callback(_Progress.update, k, value, gnorm),
-            lambda: None)
-      return k, params, state, value, grad, history, status_of(
-          value, gnorm, state)
+          (k % progress_every == 0) | (k == max_steps),
+          lambda: jax.debug.callback(_report_progress, run_id, k, value, gnorm),
+          lambda: None,
+        )
+      return (
+        k,
+        params,
+        state,
+        value,
+        grad,
+        history,
+        status_of(value, gnorm, state),
+      )
 
     k, params, state, value, grad, history, status = jax.lax.while_loop(
-        cond, body, carry0)
+      cond, body, carry0
+    )
     return params, state, history, k, status
 
+  if differentiate == UNROLLED:
+    return jax.jit(loop)
+
+  # Implicit differentiation: the minimizer's cotangent goes to the loss's
+  # arguments through the Hessian at the solution; the start, the state and
+  # the tolerances get none (the minimizer does not depend on them).
+  @jax.custom_vjp
+  def run(params, state, args, loss_tol, grad_tol, min_radius, run_id):
+    return loop(params, state, args, loss_tol, grad_tol, min_radius, run_id)
+
+  def run_fwd(params, state, args, loss_tol, grad_tol, min_radius, run_id):
+    out = loop(params, state, args, loss_tol, grad_tol, min_radius, run_id)
+    return out, (
+      out[0],
+      args,
+      (params, state, loss_tol, grad_tol, min_radius, run_id),
+    )
+
+  def run_bwd(residuals, cotangents):
+    solution, args, others = residuals
+    params, state, *rest = _zero_cotangent(others)
+    return (
+      params,
+      state,
+      _implicit_cotangent(loss_fn, has_aux, solution, args, cotangents[0]),
+      *rest,
+    )
+
+  run.defvjp(run_fwd, run_bwd)
   return jax.jit(run)
 
 
@@ -247,9 +395,19 @@ def _compiled(run, *inputs):
   """``run.lower(*inputs).compile()``, cached on the inputs' structure,
   shapes, dtypes and shardings."""
   leaves, treedef = jax.tree.flatten(inputs)
-  key = (run, treedef, tuple(
-      (jnp.shape(x), jnp.result_type(x), getattr(x, "weak_type", None),
-       getattr(x, "sharding", None)) for x in leaves))
+  key = (
+    run,
+    treedef,
+    tuple(
+      (
+        jnp.shape(x),
+        jnp.result_type(x),
+        getattr(x, "weak_type", None),
+        getattr(x, "sharding", None),
+      )
+      for x in leaves
+    ),
+  )
   if key in _COMPILED:
     _COMPILED.move_to_end(key)
   else:
@@ -270,15 +428,24 @@ def _default_optimizer(has_aux: bool) -> optax.GradientTransformation:
   return trncg(has_aux=has_aux)
 
 
-def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
-          optimizer: Optional[optax.GradientTransformation] = None,
-          max_steps: int = 1000, loss_tol: float = -np.inf,
-          grad_tol: float = 0.0, min_radius: float = 0.0,
-          progress: bool = False, progress_every: Optional[int] = None,
-          log_fn: Optional[Callable[[int, float, float], None]] = None,
-          desc: str = "solve", state: Any = None,
-          has_aux: bool = False,
-          history_every: Optional[int] = None) -> SolveResult:
+def solve(
+  loss_fn: Callable[..., jax.Array],
+  params: Any,
+  *args,
+  optimizer: Optional[optax.GradientTransformation] = None,
+  max_steps: int = 1000,
+  loss_tol: float = -np.inf,
+  grad_tol: float = 0.0,
+  min_radius: float = 0.0,
+  progress: bool = False,
+  progress_every: Optional[int] = None,
+  log_fn: Optional[Callable[[int, float, float], None]] = None,
+  desc: str = "solve",
+  state: Any = None,
+  has_aux: bool = False,
+  history_every: Optional[int] = None,
+  differentiate: str = IMPLICIT,
+) -> SolveResult:
   """Minimizes ``loss_fn(params, *args)`` in one jitted ``lax.while_loop``.
 
   Each step evaluates the value and gradient at the current params (taken
@@ -314,9 +481,24 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
       field, so ``None`` picks ``ceil(max_steps / 10_000)``: every step up to
       10,000 steps, and at most 10,001 entries (a few MB) however large
       ``max_steps`` is.
+    differentiate: how derivatives of the result's ``params`` are taken.
+      ``"implicit"`` (the default): ``jax.grad`` (reverse mode) by the
+      implicit function theorem at the solution, ``dx*/dtheta = -H^{-1}
+      d^2 f / dx dtheta``, solved by CG on Hessian-vector products; it
+      assumes the run converged to a minimizer with a positive definite
+      Hessian, and gives the start, the state and the tolerances no
+      cotangent. ``"unrolled"``: differentiate through the iterations, in
+      forward mode only (``jax.jvp``, ``jax.jacfwd``): the loops are
+      while loops, which reverse mode cannot traverse. Only
+      ``params`` is differentiated; the history and state are diagnostics.
 
   Returns:
-    A :class:`SolveResult`.
+    A :class:`SolveResult`. Under ``jax.jit``, ``jax.vmap`` or ``jax.grad``
+    (any traced ``params``, ``args`` or ``state``), ``num_steps`` and
+    ``status`` are arrays, ``history`` keeps all ``max_steps /
+    history_every + 1`` entries (those after ``num_steps`` are zeros), the
+    times are NaN, and there is no progress bar. Under ``jax.vmap`` each
+    problem stops at its own step, so the results equal separate runs.
 
   Examples:
     >>> import jax.numpy as jnp, optax, trncg_jax
@@ -328,6 +510,19 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
     ...                       optimizer=optax.adam(1e-2), max_steps=100)
     >>> res.status.name, res.history["loss"].shape
     ('MAX_STEPS', (101,))
+
+    Batched and differentiated: the minimizer of ``(x - c)^2 + x^4/4`` over
+    ``x`` for three ``c``, and its derivative ``dx*/dc = 1 / (1 + 1.5 x*^2)``:
+
+    >>> import jax
+    >>> loss = lambda x, c: jnp.sum((x - c) ** 2 + x ** 4 / 4)
+    >>> x_star = lambda c: trncg_jax.solve(loss, jnp.zeros(()), c,
+    ...                                    grad_tol=1e-6).params
+    >>> cs = jnp.array([0.5, 1.0, 2.0])
+    >>> print(*(f"{x:.4f}" for x in jax.vmap(x_star)(cs)))
+    0.4534 0.7709 1.1795
+    >>> print(*(f"{d:.4f}" for d in jax.vmap(jax.grad(x_star))(cs)))
+    0.7643 0.5287 0.3240
   """
   check_number("max_steps", max_steps, 1, 2**31 - 2, integer=True)
   if progress_every is None:
@@ -340,49 +535,84 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
   check_number("grad_tol", grad_tol, 0.0, np.inf)
   check_number("min_radius", min_radius, 0.0, np.inf)
   if optimizer is not None and not isinstance(
-      optimizer, optax.GradientTransformation):
-    hint = (f" Did you mean {optimizer.__name__}()?"
-            if callable(optimizer) and hasattr(optimizer, "__name__") else "")
+    optimizer, optax.GradientTransformation
+  ):
+    hint = (
+      f" Did you mean {optimizer.__name__}()?"
+      if callable(optimizer) and hasattr(optimizer, "__name__")
+      else ""
+    )
     raise TypeError(
-        "solve: optimizer must be an optax GradientTransformation (e.g. "
-        f"trncg_jax.trncg() or optax.adam(1e-3)), got {optimizer!r}.{hint}")
+      "solve: optimizer must be an optax GradientTransformation (e.g. "
+      f"trncg_jax.trncg() or optax.adam(1e-3)), got {optimizer!r}.{hint}"
+    )
   check_float_params(params, "solve")
   fun = bind(loss_fn, *args)
   check_scalar_loss(fun, params, "solve", has_aux)
+  if differentiate not in (IMPLICIT, UNROLLED):
+    raise ValueError(
+      f"differentiate must be {IMPLICIT!r} or {UNROLLED!r}, "
+      f"got {differentiate!r}"
+    )
   if optimizer is None:
     optimizer = _default_optimizer(bool(has_aux))
-  with_callback = bool(progress or log_fn is not None)
-  run = _build_run(loss_fn, optimizer, int(max_steps), int(progress_every),
-                   with_callback, bool(has_aux), int(history_every))
+  # Under jit, vmap or grad the loop runs as part of the caller's trace:
+  # no progress bar, no timing, and the counts stay arrays.
+  traced = any(
+    isinstance(x, jax.core.Tracer)
+    for x in jax.tree.leaves((params, args, state))
+  )
+  with_callback = bool(progress or log_fn is not None) and not traced
+  run = _build_run(
+    loss_fn,
+    optimizer,
+    int(max_steps),
+    int(progress_every),
+    with_callback,
+    bool(has_aux),
+    int(history_every),
+    differentiate,
+  )
   dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
-  tolerances = tuple(jnp.asarray(t, dtype)
-                     for t in (loss_tol, grad_tol, min_radius))
-  if state is None and has_aux and "aux" in inspect.signature(
-      optimizer.init).parameters:  # trncg: fix the state's aux structure
-    state = optimizer.init(
-        params, aux=jax.eval_shape(fun, params)[1])
+  tolerances = tuple(
+    jnp.asarray(t, dtype) for t in (loss_tol, grad_tol, min_radius)
+  )
+  if (
+    state is None and has_aux and getattr(optimizer.init, "accepts_aux", False)
+  ):
+    state = optimizer.init(params, aux=jax.eval_shape(fun, params)[1])
   elif state is None:
     state = optimizer.init(params)
+  run_id = next(_RUN_IDS)
+  if traced:
+    params, state, history, k, status = run(
+      params, state, args, *tolerances, run_id
+    )
+    return SolveResult(params, state, history, k, status, math.nan, math.nan)
+
   start = time.perf_counter()
-  compiled = _compiled(run, params, state, args, *tolerances)
+  compiled = _compiled(run, params, state, args, *tolerances, run_id)
   compile_seconds = time.perf_counter() - start
 
   bar = None
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
     bar = tqdm(total=max_steps, desc=desc, leave=True)
-  _Progress.bar, _Progress.log_fn = bar, log_fn
+  _PROGRESS[run_id] = (bar, log_fn)
   out = None
   # The state's arrays may still be in flight from init (eager ops run
   # asynchronously): wait for them, so that run_seconds is the loop alone.
   jax.block_until_ready((params, state, args, tolerances))
   try:
     start = time.perf_counter()
-    out = jax.block_until_ready(compiled(params, state, args, *tolerances))
+    out = jax.block_until_ready(
+      compiled(params, state, args, *tolerances, run_id)
+    )
     jax.effects_barrier()
     run_seconds = time.perf_counter() - start
   finally:
-    _Progress.bar, _Progress.log_fn = None, None
+    del _PROGRESS[run_id]
     if bar is not None:
       if out is not None:  # an early stop falls between two updates
         bar.n = int(out[3])
@@ -392,5 +622,12 @@ def solve(loss_fn: Callable[..., jax.Array], params: Any, *args,
   k = int(k)
   used = -(-k // int(history_every)) + 1
   history = jax.tree.map(lambda v: np.asarray(v)[:used], history)
-  return SolveResult(params, state, history, k, SolveStatus(int(status)),
-                     compile_seconds, run_seconds)
+  return SolveResult(
+    params,
+    state,
+    history,
+    k,
+    SolveStatus(int(status)),
+    compile_seconds,
+    run_seconds,
+  )

@@ -24,77 +24,137 @@ class Status(enum.IntEnum):
 class CGStatus(Status):
   """Why CG-Steihaug stopped (``info.cg_status``)."""
 
-  CONVERGED = 0, (
+  CONVERGED = (
+    0,
+    (
       "CG's residual fell to its tolerance inside the trust region: the step "
-      "is the (inexact) Newton step.")
-  NEGATIVE_CURVATURE = 1, (
+      "is the (inexact) Newton step."
+    ),
+  )
+  NEGATIVE_CURVATURE = (
+    1,
+    (
       "CG found a direction of non-positive curvature and followed it to the "
-      "boundary of the region. Normal away from a minimum.")
-  HIT_BOUNDARY = 2, (
+      "boundary of the region. Normal away from a minimum."
+    ),
+  )
+  HIT_BOUNDARY = (
+    2,
+    (
       "The next CG iterate would have left the region, so the step stops on "
-      "its boundary. Normal while the radius is small.")
-  MAX_STEPS = 3, (
+      "its boundary. Normal while the radius is small."
+    ),
+  )
+  MAX_STEPS = (
+    3,
+    (
       "CG took max_cg_steps iterations without converging; the last iterate "
       "is the step. If this repeats, raise max_cg_steps or use a "
-      "preconditioner (nystrom_rank).")
-  NON_FINITE = 4, (
+      "preconditioner (nystrom_rank)."
+    ),
+  )
+  NON_FINITE = (
+    4,
+    (
       "A curvature product was NaN or inf. The step follows the current CG "
       "direction to the boundary and the trust region then judges it on the "
       "true loss; if this repeats, check the loss for non-smooth or undefined "
-      "regions.")
+      "regions."
+    ),
+  )
 
 
 class StepStatus(Status):
   """What one outer iteration of trncg did (``info.status``)."""
 
   ACCEPTED = 0, "Step accepted."
-  REJECTED = 1, (
+  REJECTED = (
+    1,
+    (
       "Step rejected: rho <= eta, the quadratic model predicted the loss "
       "badly. The radius shrinks and the next iteration retries; no action "
       "is needed unless this repeats until the radius underflows, which "
       "points to a loss that is not twice differentiable or to float32 "
-      "round-off near convergence (try float64).")
-  NON_FINITE_TRIAL = 2, (
+      "round-off near convergence (try float64)."
+    ),
+  )
+  NON_FINITE_TRIAL = (
+    2,
+    (
       "Step rejected: the loss or gradient at the trial point is NaN or inf. "
       "The radius shrinks so the next trial stays closer. If this repeats, "
       "check the loss for undefined regions (log or sqrt of negatives, "
-      "division by zero) or lower initial_radius.")
-  NON_FINITE_CURRENT = 3, (
+      "division by zero) or lower initial_radius."
+    ),
+  )
+  NON_FINITE_CURRENT = (
+    3,
+    (
       "The loss or gradient at the current params is NaN or inf; params are "
       "left unchanged. Check the initial params and the data passed to the "
-      "loss.")
-  STATIONARY = 4, (
+      "loss."
+    ),
+  )
+  STATIONARY = (
+    4,
+    (
       "The gradient norm is below the CG tolerance: params are at a "
       "stationary point. Stop iterating; lower cg_tol (or use "
-      "inexact_newton=True) to go further.")
-  PRECISION_LIMIT = 5, (
+      "inexact_newton=True) to go further."
+    ),
+  )
+  PRECISION_LIMIT = (
+    5,
+    (
       "The step no longer changes params, or the model's minimizer inside "
       "the region predicts a decrease below the round-off of the loss (eps "
       "|f|) and does not lower the gradient norm either: no further "
       "progress is possible at this precision. Stop iterating; use float64 "
-      "to go further.")
+      "to go further."
+    ),
+  )
 
 
 class SolveStatus(Status):
   """Why :func:`trncg_jax.solve` stopped (``SolveResult.status``)."""
 
-  MAX_STEPS = 0, (
+  MAX_STEPS = (
+    0,
+    (
       "max_steps updates were made without meeting a tolerance. Continue "
-      "with solve(..., state=result.state) or raise max_steps.")
+      "with solve(..., state=result.state) or raise max_steps."
+    ),
+  )
   LOSS_TOL = 1, "The loss fell to loss_tol."
   GRAD_TOL = 2, "The gradient norm fell to grad_tol."
-  STAGNATION = 3, (
+  STAGNATION = (
+    3,
+    (
       "No progress is possible: trncg's radius fell below min_radius, or "
       "nonlinear_cg's line search failed MAX_REJECTIONS times in a row. "
-      "Check the loss for regions where it is NaN or -inf, or use float64.")
-  NON_FINITE = 4, (
+      "Check the loss for regions where it is NaN or -inf, or use float64."
+    ),
+  )
+  NON_FINITE = (
+    4,
+    (
       "The loss or gradient at the current params is NaN or inf. Check the "
-      "initial params and the data passed to the loss.")
-  STATIONARY = 5, (
+      "initial params and the data passed to the loss."
+    ),
+  )
+  STATIONARY = (
+    5,
+    (
       "trncg found the gradient below its CG tolerance: every further step "
       "would be empty. Lower cg_tol (or use inexact_newton=True) to go "
-      "further.")
-  PRECISION_LIMIT = 6, (
+      "further."
+    ),
+  )
+  PRECISION_LIMIT = (
+    6,
+    (
       "trncg's model predicts a decrease below the loss's round-off, or its "
       "step no longer changes the params: they are optimal to working "
-      "precision. Use float64 to go further.")
+      "precision. Use float64 to go further."
+    ),
+  )

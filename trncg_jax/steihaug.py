@@ -84,10 +84,15 @@ class _Carry(NamedTuple):
   done: jax.Array
 
 
-def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
-                tol: jax.Array, max_steps: jax.Array,
-                preconditioner: Preconditioner = IDENTITY,
-                rtol: jax.Array = 0.0) -> SteihaugResult:
+def cg_steihaug(
+  grad: Any,
+  hvp: Callable[[Any], Any],
+  radius: jax.Array,
+  tol: jax.Array,
+  max_steps: jax.Array,
+  preconditioner: Preconditioner = IDENTITY,
+  rtol: jax.Array = 0.0,
+) -> SteihaugResult:
   """Solves the trust-region subproblem by CG-Steihaug (N&W Algorithm 7.2).
 
   Starting from ``z_0 = 0``, ``r_0 = g``, ``y_0 = M^{-1} r_0``, ``d_0 = -y_0``,
@@ -145,16 +150,24 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
   y0 = preconditioner.solve(grad)
   rr0 = optax.tree.vdot(grad, grad).astype(dtype)
   # In scaled units, where the relative tolerance cannot underflow.
-  tol = jnp.maximum(jnp.ldexp(jnp.asarray(tol, dtype), -exponent),
-                    jnp.asarray(rtol, dtype) * jnp.sqrt(rr0))
+  tol = jnp.maximum(
+    jnp.ldexp(jnp.asarray(tol, dtype), -exponent),
+    jnp.asarray(rtol, dtype) * jnp.sqrt(rr0),
+  )
   zeros = optax.tree.zeros_like(grad)
   zero = jnp.zeros((), dtype)
   init = _Carry(
-      steps=jnp.zeros((), jnp.int32), z=zeros, r=grad,
-      d=optax.tree.scale(-1.0, y0), rr=rr0,
-      ry=optax.tree.vdot(grad, y0).astype(dtype), zz=zero, model=zero,
-      status=jnp.asarray(CGStatus.CONVERGED, jnp.int32),
-      done=jnp.sqrt(rr0) <= tol)
+    steps=jnp.zeros((), jnp.int32),
+    z=zeros,
+    r=grad,
+    d=optax.tree.scale(-1.0, y0),
+    rr=rr0,
+    ry=optax.tree.vdot(grad, y0).astype(dtype),
+    zz=zero,
+    model=zero,
+    status=jnp.asarray(CGStatus.CONVERGED, jnp.int32),
+    done=jnp.sqrt(rr0) <= tol,
+  )
 
   def body(c: _Carry) -> _Carry:
     bd = hvp(c.d)
@@ -172,13 +185,15 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
 
     tau_neg, tau_pos = boundary_roots(c.zz, zd, dd, radius)
     go_to_boundary = (curvature <= 0) | ~finite
-    tau_boundary_min = jnp.where(model_at(tau_neg) < model_at(tau_pos),
-                                 tau_neg, tau_pos)
+    tau_boundary_min = jnp.where(
+      model_at(tau_neg) < model_at(tau_pos), tau_neg, tau_pos
+    )
     alpha = c.ry / jnp.where(go_to_boundary, 1.0, curvature)
     zz_interior = c.zz + 2 * alpha * zd + alpha**2 * dd
     hits = ~go_to_boundary & (zz_interior >= radius**2)
-    tau = jnp.where(go_to_boundary, tau_boundary_min,
-                    jnp.where(hits, tau_pos, alpha))
+    tau = jnp.where(
+      go_to_boundary, tau_boundary_min, jnp.where(hits, tau_pos, alpha)
+    )
 
     r_next = optax.tree.add_scale(c.r, alpha, bd)
     y_next = preconditioner.solve(r_next)
@@ -188,24 +203,35 @@ def cg_steihaug(grad: Any, hvp: Callable[[Any], Any], radius: jax.Array,
     beta = ry_next / jnp.where(c.ry > 0, c.ry, 1.0)
     steps = c.steps + 1
     exit_code = jnp.select(
-        [~finite, go_to_boundary, hits, converged],
-        [CGStatus.NON_FINITE, CGStatus.NEGATIVE_CURVATURE, CGStatus.HIT_BOUNDARY,
-         CGStatus.CONVERGED], CGStatus.MAX_STEPS).astype(jnp.int32)
+      [~finite, go_to_boundary, hits, converged],
+      [
+        CGStatus.NON_FINITE,
+        CGStatus.NEGATIVE_CURVATURE,
+        CGStatus.HIT_BOUNDARY,
+        CGStatus.CONVERGED,
+      ],
+      CGStatus.MAX_STEPS,
+    ).astype(jnp.int32)
     stopped = go_to_boundary | hits
     return _Carry(
-        steps=steps,
-        z=optax.tree.add_scale(c.z, tau, c.d),
-        r=r_next,
-        d=optax.tree.add_scale(optax.tree.scale(-1.0, y_next), beta, c.d),
-        rr=jnp.where(stopped, c.rr, rr_next),
-        ry=jnp.where(stopped, c.ry, ry_next),
-        zz=c.zz + 2 * tau * zd + tau**2 * dd,
-        model=model_at(tau),
-        status=exit_code,
-        done=stopped | converged | (steps >= max_steps))
+      steps=steps,
+      z=optax.tree.add_scale(c.z, tau, c.d),
+      r=r_next,
+      d=optax.tree.add_scale(optax.tree.scale(-1.0, y_next), beta, c.d),
+      rr=jnp.where(stopped, c.rr, rr_next),
+      ry=jnp.where(stopped, c.ry, ry_next),
+      zz=c.zz + 2 * tau * zd + tau**2 * dd,
+      model=model_at(tau),
+      status=exit_code,
+      done=stopped | converged | (steps >= max_steps),
+    )
 
   out = jax.lax.while_loop(lambda c: ~c.done, body, init)
   return SteihaugResult(
-      step=out.z, predicted_reduction=jnp.ldexp(-out.model, exponent),
-      step_norm=jnp.sqrt(jnp.maximum(out.zz, 0.0)), steps=out.steps,
-      status=out.status, residual_norm=jnp.ldexp(jnp.sqrt(out.rr), exponent))
+    step=out.z,
+    predicted_reduction=jnp.ldexp(-out.model, exponent),
+    step_norm=jnp.sqrt(jnp.maximum(out.zz, 0.0)),
+    steps=out.steps,
+    status=out.status,
+    residual_norm=jnp.ldexp(jnp.sqrt(out.rr), exponent),
+  )

@@ -9,35 +9,48 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from trncg_jax._checks import (check_float_params, check_scalar_loss,
-                               named_options)
-from trncg_jax.least_squares import bind
-from trncg_jax.trust_region import (DEFAULTS, STATIC_FIELDS, Float, Int,
-                                    TRNCGState, check_trncg_state,
-                                    hyperparams_from, init_state, match_aux,
-                                    trust_region_step, value_at)
+from trncg_jax._checks import (
+  check_float_params,
+  check_scalar_loss,
+  named_options,
+)
+from trncg_jax.loss import bind, match_aux
+from trncg_jax.trust_region import (
+  DEFAULTS,
+  STATIC_FIELDS,
+  Float,
+  Int,
+  TRNCGState,
+  check_trncg_state,
+  hyperparams_from,
+  init_state,
+  trust_region_step,
+  value_at,
+)
 
 
 @named_options
-def trncg(*, initial_radius: Float = DEFAULTS.initial_radius,
-          max_radius: Float = DEFAULTS.max_radius,
-          eta: Float = DEFAULTS.eta,
-          cg_tol: Float = DEFAULTS.cg_tol,
-          inexact_newton: bool = DEFAULTS.inexact_newton,
-          forcing_power: Float = DEFAULTS.forcing_power,
-          max_cg_steps: Int = DEFAULTS.max_cg_steps,
-          nystrom_refresh: Int = DEFAULTS.nystrom_refresh,
-          nystrom_damping: Float = DEFAULTS.nystrom_damping,
-          dense_damping: Float = DEFAULTS.dense_damping,
-          shrink_factor: Float = DEFAULTS.shrink_factor,
-          expand_factor: Float = DEFAULTS.expand_factor,
-          shrink_threshold: Float = DEFAULTS.shrink_threshold,
-          expand_threshold: Float = DEFAULTS.expand_threshold,
-          hvp_mode: str = DEFAULTS.hvp_mode,
-          has_aux: bool = DEFAULTS.has_aux,
-          nystrom_rank: Int = DEFAULTS.nystrom_rank,
-          solver: str = DEFAULTS.solver,
-          ) -> optax.GradientTransformationExtraArgs:
+def trncg(
+  *,
+  initial_radius: Float = DEFAULTS.initial_radius,
+  max_radius: Float = DEFAULTS.max_radius,
+  eta: Float = DEFAULTS.eta,
+  cg_tol: Float = DEFAULTS.cg_tol,
+  inexact_newton: bool = DEFAULTS.inexact_newton,
+  forcing_power: Float = DEFAULTS.forcing_power,
+  max_cg_steps: Int = DEFAULTS.max_cg_steps,
+  nystrom_refresh: Int = DEFAULTS.nystrom_refresh,
+  nystrom_damping: Float = DEFAULTS.nystrom_damping,
+  dense_damping: Float = DEFAULTS.dense_damping,
+  shrink_factor: Float = DEFAULTS.shrink_factor,
+  expand_factor: Float = DEFAULTS.expand_factor,
+  shrink_threshold: Float = DEFAULTS.shrink_threshold,
+  expand_threshold: Float = DEFAULTS.expand_threshold,
+  hvp_mode: str = DEFAULTS.hvp_mode,
+  has_aux: bool = DEFAULTS.has_aux,
+  nystrom_rank: Int = DEFAULTS.nystrom_rank,
+  solver: str = DEFAULTS.solver,
+) -> optax.GradientTransformationExtraArgs:
   """Trust-region Newton-CG as an optax transformation.
 
   The keyword options are the fields of
@@ -107,26 +120,39 @@ def trncg(*, initial_radius: Float = DEFAULTS.initial_radius,
   def init_fn(params: Any, *, aux: Any = None) -> TRNCGState:
     return init_state(params, config, aux)
 
-  def update_fn(updates: Any, state: TRNCGState, params: Any = None, *,
-                value_fn: Optional[Callable[..., Any]] = None,
-                value: Optional[jax.Array] = None, grad: Any = None,
-                hvp_extra_args: Optional[dict] = None,
-                **extra_args) -> tuple[Any, TRNCGState]:
+  init_fn.accepts_aux = True  # trncg_jax.solve passes aux= (see its protocol)
+
+  def update_fn(
+    updates: Any,
+    state: TRNCGState,
+    params: Any = None,
+    *,
+    value_fn: Optional[Callable[..., Any]] = None,
+    value: Optional[jax.Array] = None,
+    grad: Any = None,
+    hvp_extra_args: Optional[dict] = None,
+    **extra_args,
+  ) -> tuple[Any, TRNCGState]:
     if params is None or value_fn is None:
       raise TypeError(
-          "trncg's update needs params and value_fn: call "
-          "update(grads, state, params, value_fn=loss, value=..., grad=...).")
+        "trncg's update needs params and value_fn: call "
+        "update(grads, state, params, value_fn=loss, value=..., grad=...)."
+      )
     check_float_params(params, "trncg")
     check_trncg_state(state, params, "trncg")
     # The factory's numbers rule (optax.inject_hyperparams passes new ones to
     # each update, as arrays); the fields that select code are the state's.
-    state = state._replace(hyperparams=dataclasses.replace(
+    state = state._replace(
+      hyperparams=dataclasses.replace(
         config.as_arrays(state.value.dtype),
-        **{name: getattr(state.hyperparams, name) for name in STATIC_FIELDS}))
+        **{name: getattr(state.hyperparams, name) for name in STATIC_FIELDS},
+      )
+    )
     fun = bind(value_fn, **extra_args)
     check_scalar_loss(fun, params, "trncg", config.has_aux)
-    hvp_fun = (None if hvp_extra_args is None
-               else bind(value_fn, **hvp_extra_args))
+    hvp_fun = (
+      None if hvp_extra_args is None else bind(value_fn, **hvp_extra_args)
+    )
     grad = updates if grad is None else grad
     if value is None:  # one evaluation gives the value and the aux
       value, aux = fun(params) if config.has_aux else (fun(params), None)
@@ -135,9 +161,10 @@ def trncg(*, initial_radius: Float = DEFAULTS.initial_radius,
     else:
       if jnp.shape(value) != ():
         raise TypeError(
-            f"trncg: value must be the loss at params, a scalar; got shape "
-            f"{jnp.shape(value)}. Pass value=loss(params) (as "
-            "optax.value_and_grad_from_state returns it).")
+          f"trncg: value must be the loss at params, a scalar; got shape "
+          f"{jnp.shape(value)}. Pass value=loss(params) (as "
+          "optax.value_and_grad_from_state returns it)."
+        )
       value, grad, aux = value_at(fun, params, state, (value, grad))
     return trust_region_step(fun, params, value, grad, aux, state, hvp_fun)
 

@@ -26,15 +26,26 @@ import numpy as np
 import optax
 
 from trncg_jax import hvp as hvp_lib
-from trncg_jax._checks import (all_finite, check_float_params, check_number,
-                               check_scalar_loss, check_state, named_options,
-                               safe_norm, tree_equal)
+from trncg_jax._checks import (
+  all_finite,
+  check_float_params,
+  check_number,
+  check_scalar_loss,
+  check_state,
+  named_options,
+  safe_norm,
+  tree_equal,
+)
 from trncg_jax.dense import dense_gauss_newton
-from trncg_jax.least_squares import bind
+from trncg_jax.loss import (
+  bind,
+  distinct_buffers,
+  evaluate,
+  loss_only,
+)
 from trncg_jax.preconditioner import IDENTITY, NystromFactors, nystrom_factors
-from trncg_jax.status import CGStatus, StepStatus
+from trncg_jax.status import CGStatus, SolveStatus, StepStatus
 from trncg_jax.steihaug import cg_steihaug
-
 
 #: Reductions within this many ulps of ``|f|`` count as round-off in the rho
 #: safeguard ``delta``; also the floor of CG's relative tolerance. Conn, Gould
@@ -147,7 +158,8 @@ class TRNCGHyperparams:
   shrink_threshold: Any = 0.25
   expand_threshold: Any = 0.75
   hvp_mode: str = dataclasses.field(
-      default=hvp_lib.FORWARD_OVER_REVERSE, metadata=dict(static=True))
+    default=hvp_lib.FORWARD_OVER_REVERSE, metadata=dict(static=True)
+  )
   has_aux: bool = dataclasses.field(default=False, metadata=dict(static=True))
   nystrom_rank: int = dataclasses.field(default=0, metadata=dict(static=True))
   solver: str = dataclasses.field(default=AUTO, metadata=dict(static=True))
@@ -158,66 +170,117 @@ class TRNCGHyperparams:
     Called by the constructors (:func:`trncg_init`, :func:`trncg_jax.trncg`),
     not on pytree unflattening, which rebuilds this class with abstract leaves.
     """
-    check_number("initial_radius", self.initial_radius, 0.0, float("inf"),
-                 low_open=True, high_open=True)
-    check_number("max_radius", self.max_radius, 0.0, float("inf"),
-                 low_open=True, high_open=True)
-    if not any(isinstance(x, jax.core.Tracer)
-               for x in (self.initial_radius, self.max_radius)):
-      check_number("initial_radius", self.initial_radius, 0.0,
-                   float(self.max_radius), low_open=True)
-    check_number("shrink_threshold", self.shrink_threshold, 0.0, 1.0,
-                 low_open=True, high_open=True)
+    check_number(
+      "initial_radius",
+      self.initial_radius,
+      0.0,
+      float("inf"),
+      low_open=True,
+      high_open=True,
+    )
+    check_number(
+      "max_radius",
+      self.max_radius,
+      0.0,
+      float("inf"),
+      low_open=True,
+      high_open=True,
+    )
+    if not any(
+      isinstance(x, jax.core.Tracer)
+      for x in (self.initial_radius, self.max_radius)
+    ):
+      check_number(
+        "initial_radius",
+        self.initial_radius,
+        0.0,
+        float(self.max_radius),
+        low_open=True,
+      )
+    check_number(
+      "shrink_threshold",
+      self.shrink_threshold,
+      0.0,
+      1.0,
+      low_open=True,
+      high_open=True,
+    )
     if not isinstance(self.shrink_threshold, jax.core.Tracer):
-      check_number("eta", self.eta, 0.0, float(self.shrink_threshold),
-                   high_open=True)
-      check_number("expand_threshold", self.expand_threshold,
-                   float(self.shrink_threshold), 1.0, high_open=True)
+      check_number(
+        "eta", self.eta, 0.0, float(self.shrink_threshold), high_open=True
+      )
+      check_number(
+        "expand_threshold",
+        self.expand_threshold,
+        float(self.shrink_threshold),
+        1.0,
+        high_open=True,
+      )
     check_number("cg_tol", self.cg_tol, 0.0, float("inf"), high_open=True)
-    check_number("forcing_power", self.forcing_power, 0.0, 1.0,
-                 low_open=True)
-    check_number("max_cg_steps", self.max_cg_steps, 1, 2**31 - 1,
-                 integer=True)
-    check_number("shrink_factor", self.shrink_factor, 0.0, 1.0,
-                 low_open=True, high_open=True)
-    check_number("expand_factor", self.expand_factor, 1.0, float("inf"),
-                 low_open=True, high_open=True)
-    if not (isinstance(self.inexact_newton, bool) or (
+    check_number("forcing_power", self.forcing_power, 0.0, 1.0, low_open=True)
+    check_number("max_cg_steps", self.max_cg_steps, 1, 2**31 - 1, integer=True)
+    check_number(
+      "shrink_factor",
+      self.shrink_factor,
+      0.0,
+      1.0,
+      low_open=True,
+      high_open=True,
+    )
+    check_number(
+      "expand_factor",
+      self.expand_factor,
+      1.0,
+      float("inf"),
+      low_open=True,
+      high_open=True,
+    )
+    if not (
+      isinstance(self.inexact_newton, bool)
+      or (
         isinstance(self.inexact_newton, jax.Array)
         and self.inexact_newton.shape == ()
-        and self.inexact_newton.dtype == bool)):
+        and self.inexact_newton.dtype == bool
+      )
+    ):
       raise ValueError(
-          "inexact_newton must be a bool (True or False), got "
-          f"{self.inexact_newton!r}")
+        "inexact_newton must be a bool (True or False), got "
+        f"{self.inexact_newton!r}"
+      )
     if not isinstance(self.has_aux, bool):
       raise ValueError(f"has_aux must be a bool, got {self.has_aux!r}")
-    check_number("nystrom_rank", self.nystrom_rank, 0, 2**31 - 1,
-                 integer=True)
-    check_number("nystrom_refresh", self.nystrom_refresh, 1, 2**31 - 1,
-                 integer=True)
+    check_number("nystrom_rank", self.nystrom_rank, 0, 2**31 - 1, integer=True)
+    check_number(
+      "nystrom_refresh", self.nystrom_refresh, 1, 2**31 - 1, integer=True
+    )
     check_number("nystrom_damping", self.nystrom_damping, 0.0, 1.0)
     check_number("dense_damping", self.dense_damping, 0.0, 1.0)
     if self.solver not in SOLVERS:
       raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-    if self.solver == DENSE and (self.hvp_mode != hvp_lib.GAUSS_NEWTON
-                                 or self.nystrom_rank):
+    if self.solver == DENSE and (
+      self.hvp_mode != hvp_lib.GAUSS_NEWTON or self.nystrom_rank
+    ):
       raise ValueError(
-          "solver='dense' needs hvp_mode='gauss_newton' and nystrom_rank=0: it "
-          "forms the residuals' Jacobian, and needs no preconditioner (got "
-          f"hvp_mode={self.hvp_mode!r}, nystrom_rank={self.nystrom_rank}).")
+        "solver='dense' needs hvp_mode='gauss_newton' and nystrom_rank=0: it "
+        "forms the residuals' Jacobian, and needs no preconditioner (got "
+        f"hvp_mode={self.hvp_mode!r}, nystrom_rank={self.nystrom_rank})."
+      )
     if self.hvp_mode not in hvp_lib.HVP_MODES:
       raise ValueError(
-          f"hvp_mode must be one of {hvp_lib.HVP_MODES}, got {self.hvp_mode!r}")
+        f"hvp_mode must be one of {hvp_lib.HVP_MODES}, got {self.hvp_mode!r}"
+      )
     if self.nystrom_rank and self.hvp_mode != hvp_lib.GAUSS_NEWTON:
       raise ValueError(
-          "nystrom_rank > 0 needs hvp_mode='gauss_newton': the Nystrom sketch "
-          "needs positive semidefinite curvature, and a Hessian may be "
-          f"indefinite (got hvp_mode={self.hvp_mode!r}).")
+        "nystrom_rank > 0 needs hvp_mode='gauss_newton': the Nystrom sketch "
+        "needs positive semidefinite curvature, and a Hessian may be "
+        f"indefinite (got hvp_mode={self.hvp_mode!r})."
+      )
     if self.has_aux and self.hvp_mode == hvp_lib.GAUSS_NEWTON:
       raise ValueError(
-          "has_aux=True is not supported with hvp_mode='gauss_newton': a "
-          "LeastSquares loss returns its sum of squares only. Compute the aux "
-          "from the params after the run.")
+        "has_aux=True is not supported with hvp_mode='gauss_newton': a "
+        "LeastSquares loss returns its sum of squares only. Compute the aux "
+        "from the params after the run."
+      )
     return self
 
   def replace(self, **changes) -> "TRNCGHyperparams":
@@ -232,11 +295,17 @@ class TRNCGHyperparams:
       (Array(0.1, dtype=float32), 20)
     """
     new = dataclasses.replace(self, **changes)
-    dataclasses.replace(jax.tree.map(lambda x: x.item(), self),
-                        **changes).validate()
-    return dataclasses.replace(new, **{
+    dataclasses.replace(
+      jax.tree.map(lambda x: x.item(), self), **changes
+    ).validate()
+    return dataclasses.replace(
+      new,
+      **{
         name: jnp.asarray(value, jnp.result_type(getattr(self, name)))
-        for name, value in changes.items() if name not in STATIC_FIELDS})
+        for name, value in changes.items()
+        if name not in STATIC_FIELDS
+      },
+    )
 
   def as_arrays(self, dtype) -> "TRNCGHyperparams":
     """The same hyperparameters as arrays: floats in ``dtype``.
@@ -255,16 +324,24 @@ class TRNCGHyperparams:
       if not isinstance(value, jax.core.Tracer):
         with np.errstate(over="ignore"):  # an overflow is reported below
           before, after = float(value), float(np.asarray(value, dtype))
-        if (before != 0 and after == 0) or (abs(before) < float("inf")
-                                            and abs(after) == float("inf")):
+        if (before != 0 and after == 0) or (
+          abs(before) < float("inf") and abs(after) == float("inf")
+        ):
           raise ValueError(
-              f"{name}={before!r} is {after!r} in {jnp.dtype(dtype).name}, "
-              f"the params' dtype; it must be 0 or of magnitude in "
-              f"[{float(info.tiny)}, {float(info.max)}] there.")
+            f"{name}={before!r} is {after!r} in {jnp.dtype(dtype).name}, "
+            f"the params' dtype; it must be 0 or of magnitude in "
+            f"[{float(info.tiny)}, {float(info.max)}] there."
+          )
       return jnp.array(value, dtype)  # a new buffer per field (donation)
-    return dataclasses.replace(self, **{
+
+    return dataclasses.replace(
+      self,
+      **{
         f.name: cast(f.name, getattr(self, f.name))
-        for f in dataclasses.fields(self) if f.name not in STATIC_FIELDS})
+        for f in dataclasses.fields(self)
+        if f.name not in STATIC_FIELDS
+      },
+    )
 
 
 # Fields that select code rather than hold numbers: never cast to arrays.
@@ -276,16 +353,26 @@ def uses_dense_solver(hyperparams: TRNCGHyperparams, params: Any) -> bool:
   if hyperparams.solver != AUTO:
     return hyperparams.solver == DENSE
   size = sum(jnp.size(x) for x in jax.tree_util.tree_leaves(params))
-  return (hyperparams.hvp_mode == hvp_lib.GAUSS_NEWTON
-          and not hyperparams.nystrom_rank and size <= DENSE_MAX_PARAMS)
+  return (
+    hyperparams.hvp_mode == hvp_lib.GAUSS_NEWTON
+    and not hyperparams.nystrom_rank
+    and size <= DENSE_MAX_PARAMS
+  )
 
 
 #: The hyperparameters of Boyd & Tanadi (2025), for reproducing the paper:
 #: ``trncg(**PAPER_HYPERPARAMS)``. An absolute CG tolerance of 1e-8 and a
 #: maximal radius of 10; the defaults of :class:`TRNCGHyperparams` are ours.
-PAPER_HYPERPARAMS = types.MappingProxyType(dict(
-    initial_radius=2.0, max_radius=10.0, eta=1e-3, cg_tol=1e-8,
-    inexact_newton=False, max_cg_steps=500))
+PAPER_HYPERPARAMS = types.MappingProxyType(
+  dict(
+    initial_radius=2.0,
+    max_radius=10.0,
+    eta=1e-3,
+    cg_tol=1e-8,
+    inexact_newton=False,
+    max_cg_steps=500,
+  )
+)
 
 
 class TRNCGInfo(NamedTuple):
@@ -354,13 +441,40 @@ class TRNCGState(NamedTuple):
   nystrom: Optional[NystromFactors] = None
   point: Any = None
 
+  # The protocol of trncg_jax.solve (see its module docstring).
+
+  def value_and_grad(self, fun: Callable[[Any], Any], params: Any) -> tuple:
+    """``(value, grad, aux)`` at ``params``: the stored ones, unless params
+    are not the point they describe (see :func:`value_at`)."""
+    return value_at(fun, params, self)
+
+  def terminate(self, min_radius: jax.Array) -> jax.Array:
+    """A :class:`trncg_jax.SolveStatus` code: ``STAGNATION`` once the radius
+    is below ``min_radius``, ``STATIONARY`` or ``PRECISION_LIMIT`` when the
+    last iteration found no further progress possible, else ``MAX_STEPS``
+    (go on)."""
+    return jnp.select(
+      [
+        self.radius < min_radius,
+        self.info.status == StepStatus.STATIONARY,
+        self.info.status == StepStatus.PRECISION_LIMIT,
+      ],
+      [
+        SolveStatus.STAGNATION,
+        SolveStatus.STATIONARY,
+        SolveStatus.PRECISION_LIMIT,
+      ],
+      SolveStatus.MAX_STEPS,
+    )
+
 
 def _float_dtype(params):
   return jnp.result_type(*jax.tree_util.tree_leaves(params))
 
 
-def init_state(params: Any, hyperparams: TRNCGHyperparams,
-               aux: Any = None) -> TRNCGState:
+def init_state(
+  params: Any, hyperparams: TRNCGHyperparams, aux: Any = None
+) -> TRNCGState:
   """The state before the first iteration, with hyperparams in params' dtype.
 
   With ``has_aux``, ``aux`` is an example of the loss's aux output (arrays or
@@ -371,109 +485,104 @@ def init_state(params: Any, hyperparams: TRNCGHyperparams,
   check_float_params(params, "trncg")
   if hyperparams.has_aux and aux is None:
     raise TypeError(
-        "trncg(has_aux=True) needs an example of the loss's aux output at "
-        "init, to fix the state's structure: init(params, aux=jax.eval_shape("
-        "loss_fn, params, *args)[1]). trncg_jax.solve(..., has_aux=True) does "
-        "this for you.")
+      "trncg(has_aux=True) needs an example of the loss's aux output at "
+      "init, to fix the state's structure: init(params, aux=jax.eval_shape("
+      "loss_fn, params, *args)[1]). trncg_jax.solve(..., has_aux=True) does "
+      "this for you."
+    )
   num_params = sum(jnp.size(x) for x in jax.tree_util.tree_leaves(params))
   if hyperparams.nystrom_rank > num_params:
     raise ValueError(
-        f"nystrom_rank must be an integer in [0, {num_params}] (the number of "
-        f"params), got {hyperparams.nystrom_rank}")
-  aux = (jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.result_type(x)),
-                      aux) if hyperparams.has_aux else None)
+      f"nystrom_rank must be an integer in [0, {num_params}] (the number of "
+      f"params), got {hyperparams.nystrom_rank}"
+    )
+  aux = (
+    jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.result_type(x)), aux)
+    if hyperparams.has_aux
+    else None
+  )
   dtype = _float_dtype(params)
   hp = hyperparams.as_arrays(dtype)
   inf = jnp.asarray(jnp.inf, dtype)
   zero = jnp.zeros((), dtype)
   info = TRNCGInfo(
-      loss=inf, grad_norm=inf, radius=hp.initial_radius, rho=zero,
-      actual_reduction=zero, predicted_reduction=zero, step_norm=zero,
-      cg_steps=jnp.zeros((), jnp.int32), hvps=jnp.zeros((), jnp.int32),
-      cg_status=jnp.asarray(CGStatus.CONVERGED, jnp.int32),
-      accepted=jnp.asarray(False),
-      status=jnp.asarray(StepStatus.ACCEPTED, jnp.int32), aux=aux)
+    loss=inf,
+    grad_norm=inf,
+    radius=hp.initial_radius,
+    rho=zero,
+    actual_reduction=zero,
+    predicted_reduction=zero,
+    step_norm=zero,
+    cg_steps=jnp.zeros((), jnp.int32),
+    hvps=jnp.zeros((), jnp.int32),
+    cg_status=jnp.asarray(CGStatus.CONVERGED, jnp.int32),
+    accepted=jnp.asarray(False),
+    status=jnp.asarray(StepStatus.ACCEPTED, jnp.int32),
+    aux=aux,
+  )
   state = TRNCGState(
-      count=jnp.zeros((), jnp.int32), value=inf,
-      grad=optax.tree.zeros_like(params), radius=hp.initial_radius,
-      hyperparams=hp, info=info,
-      nystrom=(NystromFactors.identity(params, hyperparams.nystrom_rank)
-               if hyperparams.nystrom_rank else None),
-      point=params)
+    count=jnp.zeros((), jnp.int32),
+    value=inf,
+    grad=optax.tree.zeros_like(params),
+    radius=hp.initial_radius,
+    hyperparams=hp,
+    info=info,
+    nystrom=(
+      NystromFactors.identity(params, hyperparams.nystrom_rank)
+      if hyperparams.nystrom_rank
+      else None
+    ),
+    point=params,
+  )
   return distinct_buffers(state)
 
 
-def distinct_buffers(tree: Any) -> Any:
-  """``tree`` with a fresh copy of every leaf, so that no two leaves share a
-  buffer and ``jax.jit(..., donate_argnums=...)`` can donate the state."""
-  return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
-
-
-def evaluate(fun, params, dtype, has_aux: bool, aux_like: Any = None):
-  """``(value, grad, aux)`` of ``fun`` at ``params``.
-
-  The value is cast to ``dtype``, the dtype the optimizer state keeps it in
-  (``lax.cond`` branches must agree). ``aux`` is ``None`` unless ``fun``
-  returns ``(value, aux)``, and is cast like ``aux_like`` (see
-  :func:`match_aux`) when that is given."""
-  if has_aux:
-    (value, aux), grad = jax.value_and_grad(fun, has_aux=True)(params)
-    aux = aux if aux_like is None else match_aux(aux, aux_like)
-  else:
-    (value, grad), aux = jax.value_and_grad(fun)(params), None
-  return jnp.asarray(value, dtype), grad, aux
-
-
-def match_aux(aux: Any, like: Any) -> Any:
-  """``aux`` in the dtypes of the state's ``like``, so the state keeps its
-  types (as the value keeps the state's dtype). Raises ``TypeError`` at
-  trace time if the structure or shapes differ from the init example."""
-  if (jax.tree.structure(aux) != jax.tree.structure(like) or
-      any(jnp.shape(a) != jnp.shape(b) for a, b in
-          zip(jax.tree.leaves(aux), jax.tree.leaves(like)))):
-    raise TypeError(
-        "has_aux: the loss's aux output "
-        f"{jax.tree.map(jnp.shape, aux)} does not match the example given at "
-        f"init {jax.tree.map(jnp.shape, like)}; pass aux=jax.eval_shape("
-        "loss_fn, params, *args)[1] to init.")
-  return jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), aux, like)
-
-
-def loss_only(fun, has_aux: bool):
-  """``fun`` without its aux output."""
-  return (lambda p: fun(p)[0]) if has_aux else fun
-
-
-def value_at(fun, params: Any, state: TRNCGState,
-             given: Optional[tuple] = None) -> tuple:
+def value_at(
+  fun, params: Any, state: TRNCGState, given: Optional[tuple] = None
+) -> tuple:
   """``(value, grad, aux)`` at ``params``: ``given`` (the caller's), else the
   state's, unless the state holds none yet or ``params`` are not the point
   the state describes; then the loss is evaluated (one gradient)."""
   stored = (state.value, state.grad, state.info.aux)
   if given is not None:  # the caller's value comes with the state's aux
     given = (jnp.asarray(given[0], state.value.dtype), given[1], state.info.aux)
-  known = (jnp.isfinite(state.value)
-           if given is None or state.hyperparams.has_aux else jnp.asarray(True))
+  known = (
+    jnp.isfinite(state.value)
+    if given is None or state.hyperparams.has_aux
+    else jnp.asarray(True)
+  )
   # A transformation after trncg in optax.chain moves params elsewhere than
   # the accepted point: its stored value would be silently wrong (a stall).
   fresh = known & tree_equal(params, state.point)
   return jax.lax.cond(
-      fresh, lambda: stored if given is None else given,
-      lambda: evaluate(fun, params, state.value.dtype,
-                       state.hyperparams.has_aux, state.info.aux))
+    fresh,
+    lambda: stored if given is None else given,
+    lambda: evaluate(
+      fun, params, state.value.dtype, state.hyperparams.has_aux, state.info.aux
+    ),
+  )
 
 
 def check_trncg_state(state: Any, params: Any, who: str) -> None:
   """``TypeError`` unless ``state`` is a :class:`TRNCGState` for ``params``."""
-  check_state(state, TRNCGState, params,
-              state.grad if isinstance(state, TRNCGState) else None, who)
+  check_state(
+    state,
+    TRNCGState,
+    params,
+    state.grad if isinstance(state, TRNCGState) else None,
+    who,
+  )
 
 
-def trust_region_step(fun: Callable[[Any], Any], params: Any,
-                      value: jax.Array, grad: Any, aux: Any,
-                      state: TRNCGState,
-                      hvp_fun: Optional[Callable[[Any], Any]] = None,
-                      ) -> tuple[Any, TRNCGState]:
+def trust_region_step(
+  fun: Callable[[Any], Any],
+  params: Any,
+  value: jax.Array,
+  grad: Any,
+  aux: Any,
+  state: TRNCGState,
+  hvp_fun: Optional[Callable[[Any], Any]] = None,
+) -> tuple[Any, TRNCGState]:
   """One outer iteration from a known value and gradient.
 
   Shared by :func:`trncg_update` and the optax transformation.
@@ -501,9 +610,13 @@ def trust_region_step(fun: Callable[[Any], Any], params: Any,
   current_finite = jnp.isfinite(value) & all_finite(grad)
   # The forcing term min(0.5, ||g||^q), relative to ||g||; floored at
   # 100 eps, below which CG's residual is round-off.
-  rtol = jnp.where(hp.inexact_newton, jnp.clip(
-      grad_norm ** hp.forcing_power, ROUND_OFF_ULPS * jnp.finfo(dtype).eps,
-      0.5), 0.0)
+  rtol = jnp.where(
+    hp.inexact_newton,
+    jnp.clip(
+      grad_norm**hp.forcing_power, ROUND_OFF_ULPS * jnp.finfo(dtype).eps, 0.5
+    ),
+    0.0,
+  )
   tol = jnp.where(hp.inexact_newton, 0.0, hp.cg_tol)
 
   curvature_fun = loss_only(fun if hvp_fun is None else hvp_fun, hp.has_aux)
@@ -515,22 +628,30 @@ def trust_region_step(fun: Callable[[Any], Any], params: Any,
     refresh = state.count % hp.nystrom_refresh == 0
     # A fresh key per refresh, derived from the count: no key in the state.
     factors = jax.lax.cond(
-        refresh, lambda: nystrom_factors(
-            hvp, grad, hp.nystrom_rank,
-            jax.random.fold_in(jax.random.key(0), state.count),
-            hp.nystrom_damping),
-        lambda: state.nystrom)
+      refresh,
+      lambda: nystrom_factors(
+        hvp,
+        grad,
+        hp.nystrom_rank,
+        jax.random.fold_in(jax.random.key(0), state.count),
+        hp.nystrom_damping,
+      ),
+      lambda: state.nystrom,
+    )
     sketch_hvps = jnp.where(refresh, hp.nystrom_rank, 0)
     preconditioner = factors.preconditioner(grad)
   if dense:
-    cg = dense_gauss_newton(curvature_fun, params, grad, radius,
-                            hp.dense_damping)
+    cg = dense_gauss_newton(
+      curvature_fun, params, grad, radius, hp.dense_damping
+    )
   else:
-    cg = cg_steihaug(grad, hvp, radius, tol, hp.max_cg_steps, preconditioner,
-                     rtol)
+    cg = cg_steihaug(
+      grad, hvp, radius, tol, hp.max_cg_steps, preconditioner, rtol
+    )
   trial = optax.tree.add(params, cg.step)
-  trial_value, trial_grad, trial_aux = evaluate(fun, trial, dtype, hp.has_aux,
-                                                state.info.aux)
+  trial_value, trial_grad, trial_aux = evaluate(
+    fun, trial, dtype, hp.has_aux, state.info.aux
+  )
   trial_finite = jnp.isfinite(trial_value) & all_finite(trial_grad)
 
   actual = value - trial_value
@@ -540,52 +661,89 @@ def trust_region_step(fun: Callable[[Any], Any], params: Any,
   # steps near the minimizer are not rejected for round-off.
   delta = ROUND_OFF_ULPS * jnp.finfo(dtype).eps * jnp.abs(value)
   defined = (predicted > 0) & jnp.isfinite(actual) & trial_finite
-  rho = jnp.where(defined, (actual + delta) / jnp.where(defined,
-                                                        predicted + delta, 1.0),
-                  -jnp.inf).astype(dtype)
+  rho = jnp.where(
+    defined,
+    (actual + delta) / jnp.where(defined, predicted + delta, 1.0),
+    -jnp.inf,
+  ).astype(dtype)
   stationary = (cg.steps == 0) & current_finite
-  interior = ((cg.status == CGStatus.CONVERGED) | (cg.status == CGStatus.MAX_STEPS))
+  interior = (cg.status == CGStatus.CONVERGED) | (
+    cg.status == CGStatus.MAX_STEPS
+  )
   # Nothing is left to win at this precision (a bounded stop, not idling):
   # the step is lost in the round-off of params (a radius shrunk to nothing),
   # or the model's own minimizer gains less than f can resolve and the
   # gradient did not shrink either. While it shrinks, Newton steps below f's
   # resolution still improve x, and the safeguarded rho accepts them.
   trial_grad_norm = safe_norm(trial_grad).astype(dtype)
-  precision_limit = current_finite & ~stationary & (
+  precision_limit = (
+    current_finite
+    & ~stationary
+    & (
       tree_equal(trial, params)
-      | (interior & (predicted <= jnp.finfo(dtype).eps * jnp.abs(value))
-         & ~(trial_grad_norm < grad_norm)))
+      | (
+        interior
+        & (predicted <= jnp.finfo(dtype).eps * jnp.abs(value))
+        & ~(trial_grad_norm < grad_norm)
+      )
+    )
+  )
   accepted = current_finite & ~stationary & (rho > hp.eta)
-  on_boundary = ((cg.status == CGStatus.NEGATIVE_CURVATURE)
-                 | (cg.status == CGStatus.HIT_BOUNDARY)
-                 | (cg.status == CGStatus.NON_FINITE))
+  on_boundary = (
+    (cg.status == CGStatus.NEGATIVE_CURVATURE)
+    | (cg.status == CGStatus.HIT_BOUNDARY)
+    | (cg.status == CGStatus.NON_FINITE)
+  )
   new_radius = jnp.where(
-      rho < hp.shrink_threshold, hp.shrink_factor * radius,
-      jnp.where((rho > hp.expand_threshold) & on_boundary,
-                jnp.minimum(hp.expand_factor * radius, hp.max_radius), radius))
+    rho < hp.shrink_threshold,
+    hp.shrink_factor * radius,
+    jnp.where(
+      (rho > hp.expand_threshold) & on_boundary,
+      jnp.minimum(hp.expand_factor * radius, hp.max_radius),
+      radius,
+    ),
+  )
   new_radius = jnp.where(current_finite & ~stationary, new_radius, radius)
 
   updates = optax.tree.where(accepted, cg.step, optax.tree.zeros_like(cg.step))
   new_value = jnp.where(accepted, trial_value, value)
   new_grad = optax.tree.where(accepted, trial_grad, grad)
   status = jnp.select(
-      [~current_finite, stationary, precision_limit, accepted, ~trial_finite],
-      [StepStatus.NON_FINITE_CURRENT, StepStatus.STATIONARY,
-       StepStatus.PRECISION_LIMIT, StepStatus.ACCEPTED,
-       StepStatus.NON_FINITE_TRIAL],
-      StepStatus.REJECTED).astype(jnp.int32)
+    [~current_finite, stationary, precision_limit, accepted, ~trial_finite],
+    [
+      StepStatus.NON_FINITE_CURRENT,
+      StepStatus.STATIONARY,
+      StepStatus.PRECISION_LIMIT,
+      StepStatus.ACCEPTED,
+      StepStatus.NON_FINITE_TRIAL,
+    ],
+    StepStatus.REJECTED,
+  ).astype(jnp.int32)
   info = TRNCGInfo(
-      loss=new_value, grad_norm=jnp.where(accepted, trial_grad_norm,
-                                          grad_norm),
-      radius=radius, rho=rho, actual_reduction=actual.astype(dtype),
-      predicted_reduction=predicted.astype(dtype), step_norm=cg.step_norm,
-      cg_steps=cg.steps, hvps=cg.steps + sketch_hvps, cg_status=cg.status,
-      accepted=accepted, status=status,
-      aux=optax.tree.where(accepted, trial_aux, aux))
+    loss=new_value,
+    grad_norm=jnp.where(accepted, trial_grad_norm, grad_norm),
+    radius=radius,
+    rho=rho,
+    actual_reduction=actual.astype(dtype),
+    predicted_reduction=predicted.astype(dtype),
+    step_norm=cg.step_norm,
+    cg_steps=cg.steps,
+    hvps=cg.steps + sketch_hvps,
+    cg_status=cg.status,
+    accepted=accepted,
+    status=status,
+    aux=optax.tree.where(accepted, trial_aux, aux),
+  )
   new_state = TRNCGState(
-      count=state.count + 1, value=new_value, grad=new_grad,
-      radius=new_radius.astype(dtype), hyperparams=hp, info=info,
-      nystrom=factors, point=optax.tree.where(accepted, trial, params))
+    count=state.count + 1,
+    value=new_value,
+    grad=new_grad,
+    radius=new_radius.astype(dtype),
+    hyperparams=hp,
+    info=info,
+    nystrom=factors,
+    point=optax.tree.where(accepted, trial, params),
+  )
   return updates, new_state
 
 
@@ -612,32 +770,39 @@ def hyperparams_from(options: dict) -> TRNCGHyperparams:
   rank = options["nystrom_rank"]
   if isinstance(rank, jax.core.Tracer):
     options["nystrom_rank"] = 0
-  elif (isinstance(rank, (jax.Array, np.ndarray)) and np.ndim(rank) == 0
-        and jnp.issubdtype(rank.dtype, jnp.integer)):
+  elif (
+    isinstance(rank, (jax.Array, np.ndarray))
+    and np.ndim(rank) == 0
+    and jnp.issubdtype(rank.dtype, jnp.integer)
+  ):
     options["nystrom_rank"] = int(rank)
   return TRNCGHyperparams(**options).validate()
 
 
 @named_options
-def trncg_init(params: Any, *, aux: Any = None,
-               initial_radius: Float = DEFAULTS.initial_radius,
-               max_radius: Float = DEFAULTS.max_radius,
-               eta: Float = DEFAULTS.eta,
-               cg_tol: Float = DEFAULTS.cg_tol,
-               inexact_newton: bool = DEFAULTS.inexact_newton,
-               forcing_power: Float = DEFAULTS.forcing_power,
-               max_cg_steps: Int = DEFAULTS.max_cg_steps,
-               nystrom_refresh: Int = DEFAULTS.nystrom_refresh,
-               nystrom_damping: Float = DEFAULTS.nystrom_damping,
-               dense_damping: Float = DEFAULTS.dense_damping,
-               shrink_factor: Float = DEFAULTS.shrink_factor,
-               expand_factor: Float = DEFAULTS.expand_factor,
-               shrink_threshold: Float = DEFAULTS.shrink_threshold,
-               expand_threshold: Float = DEFAULTS.expand_threshold,
-               hvp_mode: str = DEFAULTS.hvp_mode,
-               has_aux: bool = DEFAULTS.has_aux,
-               nystrom_rank: Int = DEFAULTS.nystrom_rank,
-               solver: str = DEFAULTS.solver) -> TRNCGState:
+def trncg_init(
+  params: Any,
+  *,
+  aux: Any = None,
+  initial_radius: Float = DEFAULTS.initial_radius,
+  max_radius: Float = DEFAULTS.max_radius,
+  eta: Float = DEFAULTS.eta,
+  cg_tol: Float = DEFAULTS.cg_tol,
+  inexact_newton: bool = DEFAULTS.inexact_newton,
+  forcing_power: Float = DEFAULTS.forcing_power,
+  max_cg_steps: Int = DEFAULTS.max_cg_steps,
+  nystrom_refresh: Int = DEFAULTS.nystrom_refresh,
+  nystrom_damping: Float = DEFAULTS.nystrom_damping,
+  dense_damping: Float = DEFAULTS.dense_damping,
+  shrink_factor: Float = DEFAULTS.shrink_factor,
+  expand_factor: Float = DEFAULTS.expand_factor,
+  shrink_threshold: Float = DEFAULTS.shrink_threshold,
+  expand_threshold: Float = DEFAULTS.expand_threshold,
+  hvp_mode: str = DEFAULTS.hvp_mode,
+  has_aux: bool = DEFAULTS.has_aux,
+  nystrom_rank: Int = DEFAULTS.nystrom_rank,
+  solver: str = DEFAULTS.solver,
+) -> TRNCGState:
   """Initializes the trust-region Newton-CG state for :func:`trncg_update`.
 
   The keyword options are the fields of :class:`TRNCGHyperparams`, which
@@ -668,10 +833,14 @@ def trncg_init(params: Any, *, aux: Any = None,
   return init_state(params, hyperparams_from(locals()), aux)
 
 
-def trncg_update(params: Any, state: TRNCGState,
-                 loss_fn: Callable[..., Any], *args,
-                 hvp_args: Optional[tuple] = None,
-                 fresh_batch: bool = False) -> tuple[Any, TRNCGState]:
+def trncg_update(
+  params: Any,
+  state: TRNCGState,
+  loss_fn: Callable[..., Any],
+  *args,
+  hvp_args: Optional[tuple] = None,
+  fresh_batch: bool = False,
+) -> tuple[Any, TRNCGState]:
   """One trust-region Newton-CG iteration, as a pure function.
 
   .. math::
@@ -743,6 +912,7 @@ def trncg_update(params: Any, state: TRNCGState,
     value, grad, aux = evaluate(fun, params, dtype, has_aux, state.info.aux)
   else:
     value, grad, aux = value_at(fun, params, state)
-  updates, state = trust_region_step(fun, params, value, grad, aux, state,
-                                     hvp_fun)
+  updates, state = trust_region_step(
+    fun, params, value, grad, aux, state, hvp_fun
+  )
   return optax.tree.add(params, updates), state
