@@ -161,14 +161,10 @@ def _implicit_cotangent(loss_fn, has_aux, params, args, cotangent):
   definite: a singular or indefinite one gives non-finite cotangents.
   """
 
-  def gradient(x, args):
-    return jax.grad(loss_only(bind(loss_fn, *args), has_aux))(x)
+  def loss_at(args):
+    return loss_only(bind(loss_fn, *args), has_aux)
 
-  hvp = hvp_lib.make_hvp(
-    lambda x: loss_only(bind(loss_fn, *args), has_aux)(x),
-    params,
-    hvp_lib.FORWARD_OVER_REVERSE,
-  )
+  hvp = hvp_lib.make_hvp(loss_at(args), params, hvp_lib.FORWARD_OVER_REVERSE)
   dtype = jnp.result_type(*jax.tree.leaves(params))
   size = sum(jnp.size(x) for x in jax.tree.leaves(params))
   # -v as the "gradient" of the model: CG's minimizer is H^{-1} v.
@@ -180,23 +176,11 @@ def _implicit_cotangent(loss_fn, has_aux, params, args, cotangent):
     10 * size + 10,
     rtol=jnp.finfo(dtype).eps ** 0.75,
   )
-  leaves, treedef = jax.tree.flatten(args)
-  inexact = [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in leaves]
-
-  def gradient_of(float_leaves):
-    it = iter(float_leaves)
-    full = [next(it) if f else x for x, f in zip(leaves, inexact)]
-    return gradient(params, jax.tree.unflatten(treedef, full))
-
-  _, vjp = jax.vjp(gradient_of, [x for x, f in zip(leaves, inexact) if f])
-  (float_cotangents,) = vjp(solved.step)
-  it = iter(float_cotangents)
-  return jax.tree.unflatten(
-    treedef,
-    [
-      -next(it) if f else np.zeros(np.shape(x), jax.dtypes.float0)
-      for x, f in zip(leaves, inexact)
-    ],
+  # Integer arguments get float0 cotangents from jax.vjp itself.
+  _, vjp = jax.vjp(lambda args: jax.grad(loss_at(args))(params), args)
+  (cotangents,) = vjp(solved.step)
+  return jax.tree.map(
+    lambda c: c if c.dtype == jax.dtypes.float0 else -c, cotangents
   )
 
 
