@@ -47,6 +47,7 @@ import optax
 import scipy.optimize
 
 import trncg_jax
+from benchmarks.common import header
 
 GTOL = 1e-6
 MAX_ITERATIONS = 1000
@@ -379,12 +380,9 @@ def summary(rows, solved, solvers) -> str:
 
 
 def plot_profiles(rows, solved, solvers, path: pathlib.Path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  from benchmarks.plots import subplots  # pylint: disable=g-import-not-at-top
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  fig, axes = subplots(1, 2, figsize=(11, 4.2))
   for ax, metric, label in zip(
     axes,
     ("run_seconds", "evaluations"),
@@ -410,7 +408,6 @@ def plot_profiles(rows, solved, solvers, path: pathlib.Path) -> None:
   axes[1].legend(loc="lower right", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -460,19 +457,13 @@ def main(argv=None) -> None:
       jax.clear_caches()  # one problem's programs are not needed again
   solved = solved_flags(rows)
   text = summary(rows, solved, args.solvers)
+  lines = header("CUTEst (sif2jax), float64", "cutest", argv)
   (out / "cutest.md").write_text(
-    f"# CUTEst (sif2jax), float64\n\n{trncg_jax.__version__}, "
-    f"{time.strftime('%Y-%m-%d')}, machine: {_machine()}\n\n{text}"
+    "\n".join(lines) + f" trncg_jax {trncg_jax.__version__}.\n\n{text}"
   )
   plot_profiles(rows, solved, args.solvers, out / "cutest_profile.png")
   print(text)
   print(f"wrote {csv_path}, {out / 'cutest.md'}, {out / 'cutest_profile.png'}")
-
-
-def _machine() -> str:
-  from benchmarks.paper import machine  # pylint: disable=g-import-not-at-top
-
-  return machine()
 
 
 if __name__ == "__main__":

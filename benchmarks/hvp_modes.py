@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 import trncg_jax
-from benchmarks import paper
 from benchmarks import problems as P
+from benchmarks.common import header, machine
 
 
 def time_call(fn, *args, reps):
@@ -70,7 +70,11 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--points", type=int, default=10_000)
   parser.add_argument("--reps", type=int, default=10)
-  parser.add_argument("--out", default="results")
+  parser.add_argument(
+    "--out",
+    default="results/latest/hvp_modes",
+    help="output folder (git ignores the default)",
+  )
   args = parser.parse_args(argv)
   elem = P.elementary_problem("sin10", n_train=args.points)
   apply, params = P.init_mlp(P.N_P_SIZES, seed=0)
@@ -83,9 +87,11 @@ def main(argv=None):
     ),
     "heat PINN N_p (2,521 params)": (lambda p: heat_loss(p, data), params),
   }
-  results = {"machine": paper.machine(), "points": args.points, "cases": {}}
+  results = {"machine": machine(), "points": args.points, "cases": {}}
   lines = [
-    f"HVP cost / gradient cost, {args.points} points; {results['machine']}",
+    *header(
+      f"HVP cost / gradient cost, {args.points} points", "hvp_modes", argv
+    ),
     "",
     "| loss | gradient (ms) | mode | k=1 | k=20 (per HVP) |",
     "| --- | --- | --- | --- | --- |",

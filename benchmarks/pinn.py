@@ -41,7 +41,7 @@ import optax
 
 import trncg_jax
 from benchmarks import problems as P
-from benchmarks.paper import machine
+from benchmarks.common import header, run_for
 
 #: Dangel, Mueller & Zeinhofer, "Kronecker-factored approximate curvature for
 #: PINNs", NeurIPS 2024 (their result files): float64, 1000 s on an RTX 6000.
@@ -129,50 +129,27 @@ def run_traced(
 ) -> dict:
   """Chained ``solve`` calls until ``budget.seconds`` of run time, the
   iteration cap, or a stop; the error after each call."""
-  trace = dict(
-    seconds=[0.0],
-    steps=[0],
-    loss=[float(loss(params, *args))],
-    error=[error_fn(params)],
+  res, trace = run_for(
+    budget.seconds,
+    loss,
+    params,
+    args,
+    optimizer,
+    records=RECORDS,
+    max_steps=budget.max_steps,
+    callback=error_fn,
+    desc=desc,
+    progress=progress,
+    grad_tol=0.0,
+    loss_tol=0.0,
   )
-  state, chunk, status, compile_seconds = None, 1, None, 0.0
-  while (
-    trace["seconds"][-1] < budget.seconds
-    and trace["steps"][-1] < budget.max_steps
-  ):
-    res = trncg_jax.solve(
-      loss,
-      params,
-      *args,
-      optimizer=optimizer,
-      state=state,
-      max_steps=min(chunk, budget.max_steps - trace["steps"][-1]),
-      grad_tol=0.0,
-      loss_tol=0.0,
-      progress=progress,
-      desc=desc,
-    )
-    params, state, status = res.params, res.state, res.status
-    compile_seconds += res.compile_seconds
-    trace["seconds"].append(trace["seconds"][-1] + res.run_seconds)
-    trace["steps"].append(trace["steps"][-1] + res.num_steps)
-    trace["loss"].append(float(res.history["loss"][-1]))
-    trace["error"].append(error_fn(params))
-    if status != trncg_jax.SolveStatus.MAX_STEPS:
-      break
-    if len(trace["steps"]) == 2:  # fixed from now on: one compile per size
-      per_step = trace["seconds"][-1] / trace["steps"][-1]
-      # About RECORDS records over the time or the iterations, the nearer.
-      chunk = max(
-        1,
-        int(
-          min(budget.seconds / max(per_step, 1e-9), budget.max_steps) / RECORDS
-        ),
-      )
   return dict(
-    trace,
-    status=trncg_jax.SolveStatus(int(status)).name,
-    compile_seconds=compile_seconds,
+    seconds=trace["seconds"],
+    steps=trace["steps"],
+    loss=trace["loss"],
+    error=trace["callback"],
+    status=res.status.name,
+    compile_seconds=res.compile_seconds,
   )
 
 
@@ -256,21 +233,30 @@ def markdown(results: list[dict], header: str) -> str:
         f"| {r['problem']} | published: {method} (Dangel et al. "
         f"2024, 1000 s on a GPU) | | | | | {value:.2e} | |"
       )
+  lines += [
+    "",
+    "![error against run time](pinn_error_time.png)",
+    "![error against iterations](pinn_error_iterations.png)",
+  ]
   return "\n".join(lines) + "\n"
 
 
 def plot(results: list[dict], out: pathlib.Path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from benchmarks.plots import (  # pylint: disable=g-import-not-at-top
+    legend_below,
+    save,
+    subplots,
+  )
 
   for axis, xlabel, fname in (
     ("seconds", "run time (s, compile excluded)", "pinn_error_time.png"),
     ("steps", "iterations", "pinn_error_iterations.png"),
   ):
-    fig, axes = plt.subplots(
-      1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False
+    fig, axes = subplots(
+      1,
+      len(results),
+      figsize=(max(6.0, 4.2 * len(results)), 4.6),
+      squeeze=False,
     )
     for ax, r in zip(axes[0], results):
       for name, run in r["runs"].items():
@@ -285,10 +271,7 @@ def plot(results: list[dict], out: pathlib.Path) -> None:
         xlabel=xlabel,
         ylabel=r["metric"],
       )
-      ax.legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out / fname, dpi=120)
-    plt.close(fig)
+    save(fig, out / fname, legend_below(fig))
 
 
 def main(argv=None) -> list[dict]:
@@ -321,15 +304,14 @@ def main(argv=None) -> list[dict]:
     )
     for name in args.problems
   ]
-  header = (
-    f"# PINN suite{' (--quick)' if args.quick else ''}, "
-    f"{time.strftime('%Y-%m-%d')}, {machine()}; "
-    f"{math.ceil((time.time() - start) / 60)} min in all"
-  )
+  title = "PINN suite" + (" (--quick)" if args.quick else "")
+  lines = header(title, "pinn", argv)
+  lines.append(f"{math.ceil((time.time() - start) / 60)} min in all.")
+  head = "\n".join(lines)
   (out / "pinn.json").write_text(json.dumps(results, indent=1))
-  (out / "pinn.md").write_text(markdown(results, header))
+  (out / "pinn.md").write_text(markdown(results, head))
   plot(results, out)
-  print(markdown(results, header))
+  print(markdown(results, head))
   return results
 
 

@@ -5,6 +5,8 @@ import pytest
 
 pytest.importorskip("flax")  # a benchmark extra: pip install -e '.[bench]'
 
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -82,3 +84,27 @@ def test_pytorch_reimplementation_follows_the_same_iterates():
   theirs = torch_trncg.run(prob.params, *prob.train, iterations=8)
   np.testing.assert_allclose(theirs["losses"], ours.history["loss"], rtol=1e-3)
   assert abs(theirs["hvps"] - int(ours.history["cg_steps"].sum())) <= 8
+
+
+def test_report_flag_rewrites_the_report_from_json(tmp_path):
+  """`--report` runs nothing: perf.md comes from perf.json, with the date and
+  command of the run that measured it."""
+  results = {
+    "machine": "a CPU",
+    "date": "2026-01-02",
+    "argv": ["--only", "b"],
+    "b": dict(
+      cg_steps=20,
+      cg_iteration_ms=1.0,
+      hvp_ms=2.0,
+      ratio_vs_bare_hvp=0.5,
+      hvp_in_loop_ms=0.9,
+      ratio_vs_hvp_in_loop=1.11,
+    ),
+  }
+  (tmp_path / "perf.json").write_text(json.dumps(results))
+  perf.main(["--out", str(tmp_path), "--report"])
+  text = (tmp_path / "perf.md").read_text()
+  assert "Date: 2026-01-02. Machine: a CPU." in text
+  assert "`python -m benchmarks.perf --only b`" in text
+  assert "ratio **0.50**" in text and "ratio 1.11" in text

@@ -35,10 +35,8 @@ from trncg_jax.least_squares import LeastSquares, check_residuals
 from trncg_jax.status import CGStatus
 from trncg_jax.steihaug import SteihaugResult
 
-#: The floor of ``mu`` in ulps of ``tr(B)``. On the 257-param Poisson PINN
-#: (1000 iterations, float64) floors of 1, 10 and 100 ulps (as ``P eps``
-#: multiples of the mean curvature: 1, 10, 100) gave RMS errors 2.4e-7,
-#: 4.7e-8 and 1.2e-7.
+#: The floor of ``mu`` in ulps of ``tr(B)``: the best of 1, 10 and 100 on a
+#: PINN (docs/benchmarks.md, "How the defaults were chosen").
 DAMPING_FLOOR_ULPS = 10.0
 
 #: Jacobian entries formed per batch of JVPs (``lax.map``'s batch size is

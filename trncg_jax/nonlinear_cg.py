@@ -107,10 +107,8 @@ class NonlinearCGConfig:
       ``optax.scale_by_zoom_linesearch(max_linesearch_steps=30,
       curv_rtol=0.2, initial_guess_strategy='one')``: strong Wolfe with
       ``c2 = 0.2``, below the 1/2 that keeps nonlinear CG's directions descent
-      directions (N&W Lemma 5.6, p. 125). Measured (600 steps on the paper's
-      float32 N_e fit; 10-D Rosenbrock in float64): ``c2 = 0.1`` took 10.2
-      evaluations per search on N_e, 0.2 took 3.1 for the same loss; on
-      Rosenbrock 0.1/0.2/0.3 took 122/221/460 iterations. Each search
+      directions (N&W Lemma 5.6, p. 125), and the cheapest of 0.1, 0.2 and
+      0.3 on the benchmark fits. Each search
       starts from the step ``alpha_{k-1} g_{k-1}^T d_{k-1} / g_k^T d_k``
       (N&W eq. 3.60), so a first guess of 1 is well scaled.
   """

@@ -49,8 +49,8 @@ from trncg_jax.steihaug import cg_steihaug
 
 #: Reductions within this many ulps of ``|f|`` count as round-off in the rho
 #: safeguard ``delta``; also the floor of CG's relative tolerance. Conn, Gould
-#: & Toint use 10; a sum of a few hundred squares (CUTEst KIRBY2LS) was
-#: measured with noise up to 22 ulps, which at 10 collapsed the radius.
+#: & Toint use 10, too tight for the noisier losses of long sums of squares
+#: (the evidence: docs/benchmarks.md, "How the defaults were chosen").
 ROUND_OFF_ULPS = 100.0
 
 CG, DENSE, AUTO = "cg", "dense", "auto"
@@ -58,10 +58,7 @@ SOLVERS = (CG, DENSE, AUTO)
 #: The largest number of params for which ``solver="auto"`` solves the
 #: Gauss-Newton subproblem densely: a Cholesky factorization of 2048^2 costs
 #: about 3e9 flops (a fraction of a second on 2 CPU cores), and the Jacobian
-#: 2048 JVPs, the order of what a few hundred CG steps of HVPs cost (not yet
-#: measured between 257 and 2521 params). On the 257-param Poisson PINN,
-#: 1000 iterations reached an RMS error of 1.4e-8 with the dense solver and
-#: 4.7e-6 with CG-Steihaug (``python -m benchmarks.pinn``).
+#: 2048 JVPs, the order of what a few hundred CG steps of HVPs cost.
 DENSE_MAX_PARAMS = 2048
 
 
@@ -94,9 +91,7 @@ class TRNCGHyperparams:
       is round-off. Relative to the gradient, it never declares a point
       stationary while ``g != 0``. If false, the absolute ``cg_tol``.
     forcing_power: ``1`` (the default: a quadratic rate) or down to ``0.5``
-      (SciPy's ``trust-ncg``: superlinear). Measured: the same CUTEst problems
-      solved with either, and 2-10x lower loss with 1 after 60 iterations on
-      a 1-16-1 tanh MLP fit (``tests/test_transform.py``).
+      (SciPy's ``trust-ncg``: superlinear).
     max_cg_steps: CG iterations per subproblem, ``500``.
     shrink_factor: ``Delta <- shrink_factor * Delta`` when ``rho <
       shrink_threshold``; ``0.25`` and ``0.25`` as in N&W Algorithm 4.1.
@@ -122,10 +117,9 @@ class TRNCGHyperparams:
       costs ``s`` products, more than CG takes once preconditioned.
     nystrom_damping: ``1e-4``, the preconditioner's damping relative to the
       largest curvature; it bounds the stretch of the region along flat
-      directions by ``1 / sqrt(nystrom_damping) = 100``. Chosen on the six
-      elementary fits with rank 50: undamped, one step of the stretched
-      region ruined the fit of ``(x - 1/2)^2`` for good; at ``1e-2`` the
-      preconditioner did too little to speed up ``sin(10x)``.
+      directions by ``1 / sqrt(nystrom_damping) = 100``: undamped, one step
+      along a flat direction can ruin a fit; much more damped, the
+      preconditioner does little.
     solver: how the subproblem is solved (static). ``"cg"``: CG-Steihaug in
       the Euclidean norm (or the Nystrom preconditioner's). ``"dense"``
       (``hvp_mode="gauss_newton"`` only): the Jacobian by ``P`` JVPs and the
@@ -139,8 +133,7 @@ class TRNCGHyperparams:
       10 eps tr(B)`` that keeps the Cholesky factor finite. The Gauss-Newton
       matrix of a network is singular; ``mu`` keeps the step off its null
       space (ENGD's damping). Larger values shorten the step along flat
-      directions: on the Poisson PINN, 400 iterations reached an RMS error of
-      1.9e-6 with ``1e-10`` and 3.0e-7 with ``1e-12``.
+      directions, and slow the final convergence.
   """
 
   initial_radius: Any = 1.0

@@ -1,0 +1,156 @@
+"""Helpers every benchmark script shares: the machine's description, the
+dated header of each report, and ``solve`` runs with a wall-clock budget.
+
+Importing this module changes no global state (float64 is each script's
+``main``'s business).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+import trncg_jax
+
+
+def machine() -> str:
+  """The CPU model, core count, JAX version and backend, in one line."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return (
+    f"{cpu}, {os.cpu_count()} cores, JAX {jax.__version__} "
+    f"({jax.default_backend()})"
+  )
+
+
+def header(
+  title: str,
+  module: str,
+  argv=None,
+  *,
+  date: Optional[str] = None,
+  machine_name: Optional[str] = None,
+) -> list[str]:
+  """A report's first lines: its title, the date, the machine and the command
+  that wrote it (today, this machine and ``sys.argv`` unless given), in the
+  form the benchmarks page (``benchmarks.report``) reads back."""
+  argv = sys.argv[1:] if argv is None else argv
+  command = " ".join(["python -m", f"benchmarks.{module}", *argv])
+  return [
+    f"# {title}",
+    "",
+    f"Date: {date or time.strftime('%Y-%m-%d')}."
+    f" Machine: {machine_name or machine()}.",
+    f"Command: `{command}`.",
+  ]
+
+
+def work_counts(history: dict, num_steps: int) -> tuple[int, int]:
+  """(gradients, HVPs) used: one value-and-gradient per evaluated point."""
+  if "hvps" in history:  # trncg: a trial point per step, plus the start
+    return 1 + num_steps, int(history["hvps"][1:].sum())
+  for key in ("linesearch_steps", "num_linesearch_steps"):
+    if key in history:  # one value-and-gradient per line-search trial
+      return 1 + int(np.maximum(history[key][1:], 1).sum()), 0
+  return 1 + num_steps, 0  # adam
+
+
+def run_for(
+  seconds: float,
+  loss: Callable,
+  params,
+  args: tuple,
+  optimizer,
+  *,
+  chunk: Optional[int] = None,
+  records: int = 30,
+  max_steps: Optional[int] = None,
+  callback: Optional[Callable] = None,
+  desc: str = "solve",
+  progress: bool = False,
+  **tols,
+):
+  """Runs ``optimizer`` until its run time (compile excluded) reaches
+  ``seconds``, ``max_steps`` steps are made, or ``solve`` stops for another
+  reason (at least one call is made), so every optimizer in a comparison gets the same budget.
+
+  The run is a chain of ``trncg_jax.solve`` calls of ``chunk`` steps each,
+  every call one compiled loop. With ``chunk=None`` the first call makes one
+  step, and its time sizes the rest to about ``records`` calls in all (one
+  size, so one compile).
+
+  Args:
+    seconds: the run-time budget.
+    loss, params, args, optimizer: as for ``solve``.
+    chunk: steps per call, or ``None`` (see above).
+    records: the number of calls to aim for when ``chunk`` is ``None``.
+    max_steps: an iteration cap besides the budget.
+    callback: called with the params after each call; its values are
+      recorded in the trace under ``"callback"``.
+    desc, progress: the progress bar of the first call.
+    **tols: ``solve``'s tolerances.
+
+  Returns:
+    ``(result, trace)``: ``solve``'s result with the calls' histories merged,
+    their steps, run times and compile times summed; and
+    ``trace``, a dict of lists with one entry per call (and one for the
+    start): ``seconds``, ``steps``, ``loss`` and, with a callback,
+    ``callback``.
+  """
+  max_steps = max_steps or 2**31 - 2
+  trace = dict(seconds=[0.0], steps=[0], loss=[float(loss(params, *args))])
+  if callback is not None:
+    trace["callback"] = [callback(params)]
+  histories, res, state, compile_seconds = [], None, None, 0.0
+  size = chunk or 1
+  while res is None or (
+    trace["seconds"][-1] < seconds and trace["steps"][-1] < max_steps
+  ):
+    res = trncg_jax.solve(
+      loss,
+      params,
+      *args,
+      optimizer=optimizer,
+      state=state,
+      max_steps=min(size, max_steps - trace["steps"][-1]),
+      progress=progress and not histories,  # one bar, not one per call
+      desc=desc,
+      **tols,
+    )
+    compile_seconds += res.compile_seconds
+    params, state = res.params, res.state
+    # Entry 0 of each later history repeats the previous call's last.
+    histories.append(
+      {k: v[1 if histories else 0 :] for k, v in res.history.items()}
+    )
+    trace["seconds"].append(trace["seconds"][-1] + res.run_seconds)
+    trace["steps"].append(trace["steps"][-1] + res.num_steps)
+    trace["loss"].append(float(res.history["loss"][-1]))
+    if callback is not None:
+      trace["callback"].append(callback(params))
+    if res.status != trncg_jax.SolveStatus.MAX_STEPS:
+      break
+    if chunk is None and len(trace["steps"]) == 2:
+      per_step = max(trace["seconds"][-1] / trace["steps"][-1], 1e-9)
+      size = max(1, int(min(seconds / per_step, max_steps) / records))
+  merged = {k: np.concatenate([h[k] for h in histories]) for k in histories[0]}
+  result = res._replace(
+    history=merged,
+    num_steps=trace["steps"][-1],
+    run_seconds=trace["seconds"][-1],
+    compile_seconds=compile_seconds,
+  )
+  return result, trace
