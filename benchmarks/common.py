@@ -85,7 +85,8 @@ def run_for(
 ):
   """Runs ``optimizer`` until its run time (compile excluded) reaches
   ``seconds``, ``max_steps`` steps are made, or ``solve`` stops for another
-  reason (at least one call is made), so every optimizer in a comparison gets the same budget.
+  reason (after one call at least), so that every optimizer in a comparison
+  gets the same budget.
 
   The run is a chain of ``trncg_jax.solve`` calls of ``chunk`` steps each,
   every call one compiled loop. With ``chunk=None`` the first call makes one
@@ -104,11 +105,10 @@ def run_for(
     **tols: ``solve``'s tolerances.
 
   Returns:
-    ``(result, trace)``: ``solve``'s result with the calls' histories merged,
-    their steps, run times and compile times summed; and
-    ``trace``, a dict of lists with one entry per call (and one for the
-    start): ``seconds``, ``steps``, ``loss`` and, with a callback,
-    ``callback``.
+    ``(result, trace)``: ``solve``'s result with the calls' histories merged
+    and their steps, run times and compile times summed; and ``trace``, a
+    dict of lists with one entry per call (and one for the start):
+    ``seconds``, ``steps``, ``loss`` and, with a callback, ``callback``.
   """
   max_steps = max_steps or 2**31 - 2
   trace = dict(seconds=[0.0], steps=[0], loss=[float(loss(params, *args))])
