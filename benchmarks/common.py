@@ -7,6 +7,7 @@ Importing this module changes no global state (float64 is each script's
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -101,7 +102,8 @@ def run_for(
     max_steps: an iteration cap besides the budget.
     callback: called with the params after each call; its values are
       recorded in the trace under ``"callback"``.
-    desc, progress: the progress bar of the first call.
+    desc, progress: a progress bar: over the run-time budget, advanced
+      after each call, or, without a finite budget, ``solve``'s own bar.
     **tols: ``solve``'s tolerances.
 
   Returns:
@@ -116,6 +118,17 @@ def run_for(
     trace["callback"] = [callback(params)]
   histories, res, state, compile_seconds = [], None, None, 0.0
   size = chunk or 1
+  timed = math.isfinite(seconds)
+  bar = None
+  if progress and timed:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+    bar = tqdm(
+      total=seconds,
+      desc=desc,
+      bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s"
+      " of run time{postfix}",
+    )
   while res is None or (
     trace["seconds"][-1] < seconds and trace["steps"][-1] < max_steps
   ):
@@ -126,7 +139,7 @@ def run_for(
       optimizer=optimizer,
       state=state,
       max_steps=min(size, max_steps - trace["steps"][-1]),
-      progress=progress and not histories,  # one bar, not one per call
+      progress=progress and not timed,
       desc=desc,
       **tols,
     )
@@ -141,11 +154,16 @@ def run_for(
     trace["loss"].append(float(res.history["loss"][-1]))
     if callback is not None:
       trace["callback"].append(callback(params))
+    if bar is not None:
+      bar.update(min(res.run_seconds, bar.total - bar.n))
+      bar.set_postfix(loss=f"{trace['loss'][-1]:.2e}")
     if res.status != trncg_jax.SolveStatus.MAX_STEPS:
       break
     if chunk is None and len(trace["steps"]) == 2:
       per_step = max(trace["seconds"][-1] / trace["steps"][-1], 1e-9)
       size = max(1, int(min(seconds / per_step, max_steps) / records))
+  if bar is not None:
+    bar.close()
   merged = {k: np.concatenate([h[k] for h in histories]) for k in histories[0]}
   result = res._replace(
     history=merged,

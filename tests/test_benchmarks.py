@@ -212,7 +212,9 @@ def test_run_for_chains_calls_into_one_run():
   np.testing.assert_allclose(trace["callback"][-1], res.params[0], rtol=1e-6)
   assert trace["loss"][0] == pytest.approx(float(loss(x0, c)))
   # Without a chunk size, the first call is one step; then about `records`.
-  _, trace = run_for(1e9, loss, x0, (c,), opt, records=3, max_steps=30)
+  _, trace = run_for(
+    1e9, loss, x0, (c,), opt, records=3, max_steps=30, progress=True
+  )
   assert trace["steps"][:2] == [0, 1] and trace["steps"][-1] == 30
   assert len(trace["steps"]) in (4, 5)
 
