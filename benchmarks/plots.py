@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from benchmarks.problems import ELEMENTARY_LABELS
+from benchmarks.problems import ELEMENTARY_LABELS, relative_l2
 
 COLORS = {
   "trncg": "C3",
@@ -164,10 +164,6 @@ def bars(results, problems, path):
   return save(fig, path, rows)
 
 
-def _relative_l2(pred, ref):
-  return float(np.linalg.norm(pred - ref) / np.linalg.norm(ref))
-
-
 def best_of_each(errors: dict) -> list:
   """The optimizer of ours with the lowest error, then the best baseline."""
   ours = [k for k in errors if k not in BASELINES]
@@ -180,7 +176,7 @@ def pinn_solution(solutions, path, title):
   each fit's error; a fit that has not converged is marked so."""
   xy, ref = solutions["xy"], solutions["reference"]
   errors = {
-    k: _relative_l2(v, ref)
+    k: relative_l2(v, ref)
     for k, v in solutions.items()
     if k not in ("xy", "reference")
   }
