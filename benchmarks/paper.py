@@ -225,23 +225,6 @@ def run_elementary(size: Size, optimizers: dict, progress: bool = True):
   return results, fits
 
 
-def _heat_problem(size: Size, smooth: bool, dtype):
-  apply, params = P.init_mlp(P.N_P_SIZES, seed=0, dtype=dtype)
-  data = P.heat_collocation(
-    size.pinn_points, seed=0, smooth=smooth, dtype=dtype
-  )
-  test_xy = P.latin_hypercube(size.pinn_test, [(0, 1), (0, 1)], seed=123)
-  if smooth:
-    reference = P.smooth_heat_exact(test_xy[:, 0], test_xy[:, 1], 1.0, xp=np)
-  else:
-    grid, u = P.heat_fd_reference(1.0, size.fd_n, size.fd_dt)
-    reference = P.interpolate_grid(grid, u, test_xy)
-  test_points = jnp.asarray(
-    np.concatenate([test_xy, np.ones((len(test_xy), 1))], axis=1), dtype
-  )
-  return apply, params, data, test_points, reference
-
-
 def run_heat(size: Size, optimizers: dict, smooth: bool, progress: bool = True):
   """A heat PINN at an equal wall-clock budget for every optimizer.
 
@@ -252,8 +235,8 @@ def run_heat(size: Size, optimizers: dict, smooth: bool, progress: bool = True):
   """
   dtype = jnp.float64 if smooth else jnp.float32
   problem = "heat_smooth" if smooth else "heat"
-  apply, params, data, test_points, reference = _heat_problem(
-    size, smooth, dtype
+  apply, params, data, test_points, reference = P.heat_problem(
+    size.pinn_points, size.pinn_test, smooth, dtype, size.fd_n, size.fd_dt
   )
   loss = P.heat_loss_fn(apply)
   steps = size.smooth_steps if smooth else size.pinn_steps

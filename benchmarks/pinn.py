@@ -98,18 +98,15 @@ def setup(name: str, budget: Budget):
       error,
       "RMS error",
     )
-  smooth = name == "heat_smooth"
-  apply, params = P.init_mlp(P.N_P_SIZES, 0, jnp.float64)
-  apply = jax.jit(apply)
-  data = P.heat_collocation(
-    budget.points, seed=0, smooth=smooth, dtype=jnp.float64
+  apply, params, data, test, reference = P.heat_problem(
+    budget.points,
+    budget.test_points,
+    name == "heat_smooth",
+    jnp.float64,
+    fd_n=201,
+    fd_dt=2e-3,
   )
-  xy = P.latin_hypercube(budget.test_points, [(0, 1), (0, 1)], seed=123)
-  if smooth:
-    reference = P.smooth_heat_exact(xy[:, 0], xy[:, 1], 1.0, xp=np)
-  else:
-    reference = P.interpolate_grid(*P.heat_fd_reference(1.0, 201, 2e-3), xy)
-  test = jnp.asarray(np.concatenate([xy, np.ones((len(xy), 1))], 1))
+  apply = jax.jit(apply)
   error = lambda p: P.relative_l2(apply(p, test)[:, 0], reference)
   return P.heat_loss_fn(apply), params, (data,), error, "relative L2 at t=1"
 

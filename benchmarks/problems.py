@@ -333,6 +333,24 @@ def interpolate_grid(grid, u, points_xy):
   return RegularGridInterpolator((grid, grid), u)(points_xy)
 
 
+def heat_problem(
+  points: int, test_points: int, smooth: bool, dtype, fd_n: int, fd_dt: float
+):
+  """The paper's heat PINN on N_p: ``(apply, params, data, test, reference)``
+  with ``points`` collocation points, and the reference solution at t = 1 on
+  ``test_points`` Latin-hypercube points (exact for the smooth problem, else
+  finite differences on an ``fd_n`` grid with step ``fd_dt``)."""
+  apply, params = init_mlp(N_P_SIZES, seed=0, dtype=dtype)
+  data = heat_collocation(points, seed=0, smooth=smooth, dtype=dtype)
+  xy = latin_hypercube(test_points, [(0, 1), (0, 1)], seed=123)
+  if smooth:
+    reference = smooth_heat_exact(xy[:, 0], xy[:, 1], 1.0, xp=np)
+  else:
+    reference = interpolate_grid(*heat_fd_reference(1.0, fd_n, fd_dt), xy)
+  test = jnp.asarray(np.concatenate([xy, np.ones((len(xy), 1))], 1), dtype)
+  return apply, params, data, test, reference
+
+
 def relative_l2(pred, ref) -> float:
   pred, ref = np.asarray(pred, float).ravel(), np.asarray(ref, float).ravel()
   return float(np.linalg.norm(pred - ref) / np.linalg.norm(ref))
