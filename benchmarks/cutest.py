@@ -153,7 +153,7 @@ def run_scipy(fun, y0, method) -> tuple:
   """SciPy's trust-region methods with jitted JAX functions (compiled first)."""
   value = jax.jit(fun)
   grad = jax.jit(jax.grad(fun))
-  hessp = jax.jit(lambda y, p: jax.jvp(jax.grad(fun), (y,), (p,))[1])
+  hessp = jax.jit(lambda y, p: trncg_jax.hvp.make_hvp(fun, y)(p))
   start = time.perf_counter()
   jax.block_until_ready((value(y0), grad(y0), hessp(y0, y0)))
   compile_seconds = time.perf_counter() - start
