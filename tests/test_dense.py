@@ -109,8 +109,11 @@ def test_batched_jacobian_matches_jacfwd(monkeypatch):
   loss = trncg_jax.LeastSquares(lambda x: jnp.sin(jnp.outer(x, x)).ravel())
   x = jnp.linspace(0.1, 1.0, 7)
   full = dense.residual_jacobian(loss, x)
-  monkeypatch.setattr(dense, "JACOBIAN_BATCH_ENTRIES", 100)  # batches of 2
-  batched = dense.residual_jacobian(loss, x)
+  jaxpr = jax.make_jaxpr(jax.linearize(loss.residual_fn, x)[1])(x).jaxpr
+  one_jvp = dense.intermediate_bytes(jaxpr)
+  assert one_jvp >= 49 * x.dtype.itemsize  # at least its output, 49 residuals
+  monkeypatch.setattr(dense, "JACOBIAN_BATCH_BYTES", 2 * one_jvp)
+  batched = dense.residual_jacobian(loss, x)  # batches of 2 JVPs
   np.testing.assert_allclose(full, batched, rtol=1e-12)
   np.testing.assert_allclose(
     full.T, jax.jacfwd(loss.residual_fn)(x), rtol=1e-12

@@ -46,6 +46,32 @@ def test_loss_is_the_sum_of_squares_and_bind_keeps_kwargs():
   np.testing.assert_allclose(bound(params), np.sum(r**2), rtol=1e-13)
 
 
+def test_reduction_is_the_difference_of_the_sums_of_squares():
+  """Against exact rational arithmetic on the float32 residuals themselves
+  (a pytree with two leaves), where the plain difference has no digit left."""
+  from fractions import Fraction
+
+  from trncg_jax.least_squares import reduction
+
+  rng = np.random.default_rng(0)
+  r = {"a": rng.uniform(1e3, 2e3, 500), "b": rng.uniform(-1.0, 1.0, 7)}
+  r = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), r)
+  new = jax.tree.map(
+    lambda v: v * (1 - jnp.float32(2**-20) * jnp.sign(v)), r
+  )  # each |r_i| shrinks by 2^-20 relative, about 1 ulp
+  exact = sum(
+    Fraction(float(u)) ** 2 - Fraction(float(v)) ** 2
+    for u, v in zip(
+      np.concatenate([np.ravel(x) for x in jax.tree.leaves(r)]),
+      np.concatenate([np.ravel(x) for x in jax.tree.leaves(new)]),
+    )
+  )
+  np.testing.assert_allclose(float(reduction(r, new)), float(exact), rtol=1e-5)
+  squares = lambda t: sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(t))
+  plain = float(squares(r) - squares(new))
+  assert abs(plain - float(exact)) > 1e-2 * float(exact)
+
+
 def test_gauss_newton_product_is_two_jt_j_in_closed_form():
   params, a, y = _data()
   loss = trncg_jax.LeastSquares(exp_residuals).bind(a, y)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from trncg_jax._checks import norm_exponent
+from trncg_jax.hvp import jaxprs_in
 from trncg_jax.least_squares import LeastSquares, check_residuals
 from trncg_jax.status import CGStatus
 from trncg_jax.steihaug import SteihaugResult
@@ -39,19 +40,37 @@ from trncg_jax.steihaug import SteihaugResult
 #: PINN (docs/benchmarks.md, "How the defaults were chosen").
 DAMPING_FLOOR_ULPS = 10.0
 
-#: Jacobian entries formed per batch of JVPs (``lax.map``'s batch size is
-#: this over the number of residuals): bounds the memory of the intermediates.
-JACOBIAN_BATCH_ENTRIES = 2**24
+#: Working memory of one batch of the JVPs that form ``J``: the batch size is
+#: this over the bytes of one JVP's intermediates, counted in its jaxpr. A
+#: PINN's residuals carry the net's second derivatives, so one JVP of 10,000
+#: of them needs about a thousand times the memory of its output. The count
+#: overestimates what XLA allocates about 10-fold (docs/benchmarks.md, "How
+#: the defaults were chosen"), so 8 GiB counted is about 1 GiB allocated.
+JACOBIAN_BATCH_BYTES = 2**33
+
+
+def intermediate_bytes(jaxpr) -> int:
+  """The bytes of every value a jaxpr computes, nested jaxprs included: an
+  upper bound of its working memory (before XLA fuses and frees)."""
+  return sum(
+    sum(v.aval.size * v.aval.dtype.itemsize for v in eqn.outvars)
+    + sum(
+      intermediate_bytes(j) for p in eqn.params.values() for j in jaxprs_in(p)
+    )
+    for eqn in jaxpr.eqns
+  )
 
 
 def residual_jacobian(loss: LeastSquares, params: Any) -> jax.Array:
   """``J^T``, the transposed Jacobian of the raveled residuals (``P x N``),
-  by ``P`` forward-mode products in batches (``jax.lax.map``)."""
+  by ``P`` forward-mode products in batches (``jax.lax.map``) of at most
+  :data:`JACOBIAN_BATCH_BYTES` counted intermediates, at least one JVP."""
   check_residuals(loss, params)
   flat, unravel = ravel_pytree(params)
   residuals = lambda x: ravel_pytree(loss.residual_fn(unravel(x)))[0]
-  values, jvp = jax.linearize(residuals, flat)
-  batch = max(1, min(flat.size, JACOBIAN_BATCH_ENTRIES // max(values.size, 1)))
+  _, jvp = jax.linearize(residuals, flat)
+  footprint = intermediate_bytes(jax.make_jaxpr(jvp)(flat).jaxpr)
+  batch = max(1, min(flat.size, JACOBIAN_BATCH_BYTES // max(footprint, 1)))
   return jax.lax.map(
     jvp, jnp.eye(flat.size, dtype=flat.dtype), batch_size=batch
   )

@@ -36,14 +36,14 @@ HESSIAN_MODES = (FORWARD_OVER_REVERSE, LINEARIZE, REVERSE_OVER_REVERSE)
 HVP_MODES = HESSIAN_MODES + (GAUSS_NEWTON,)
 
 
-def _jaxprs_in(value):
+def jaxprs_in(value):
   """The jaxprs inside an equation parameter (a jaxpr, or a tuple of them)."""
   if isinstance(value, jax.extend.core.ClosedJaxpr):
     return [value.jaxpr]
   if isinstance(value, jax.extend.core.Jaxpr):
     return [value]
   if isinstance(value, (tuple, list)):
-    return [j for v in value for j in _jaxprs_in(v)]
+    return [j for v in value for j in jaxprs_in(v)]
   return []
 
 
@@ -52,7 +52,7 @@ def _uses_custom_vjp(jaxpr) -> bool:
     if "custom_vjp" in eqn.primitive.name:
       return True
     if any(
-      _uses_custom_vjp(j) for v in eqn.params.values() for j in _jaxprs_in(v)
+      _uses_custom_vjp(j) for v in eqn.params.values() for j in jaxprs_in(v)
     ):
       return True
   return False

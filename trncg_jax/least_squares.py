@@ -58,8 +58,7 @@ class LeastSquares:
     self.residual_fn = residual_fn
 
   def __call__(self, params: Any, *args, **kwargs) -> jax.Array:
-    residuals = self.residual_fn(params, *args, **kwargs)
-    return sum(jnp.sum(jnp.square(r)) for r in jax.tree.leaves(residuals))
+    return sum_of_squares(self.residual_fn(params, *args, **kwargs))
 
   def bind(self, *args, **kwargs) -> "LeastSquares":
     """The same loss with its data fixed: a function of params alone."""
@@ -67,6 +66,44 @@ class LeastSquares:
 
   def __repr__(self) -> str:
     return f"LeastSquares({getattr(self.residual_fn, '__name__', '...')})"
+
+
+def value_grad_residuals(loss: LeastSquares, params: Any) -> tuple:
+  """``(value, grad, residuals)`` of ``loss`` at ``params``, in one pass: the
+  residuals and one VJP, the cost of ``jax.value_and_grad(loss)``."""
+  residuals, vjp = jax.vjp(loss.residual_fn, params)
+  grad = vjp(optax.tree.scale(2.0, residuals))[0]
+  return sum_of_squares(residuals), grad, residuals
+
+
+def sum_of_squares(residuals: Any) -> jax.Array:
+  """``sum r_i^2`` over all entries of a pytree of residuals."""
+  return sum(jnp.sum(jnp.square(r)) for r in jax.tree.leaves(residuals))
+
+
+def reduction(residuals: Any, new_residuals: Any) -> jax.Array:
+  """``||r||^2 - ||r'||^2``, summed as ``sum (r_i - r'_i)(r_i + r'_i)``.
+
+  The difference of the two sums loses every digit of a reduction below the
+  sums' round-off, about ``eps ||r||^2``; term by term, the differences
+  ``r_i - r'_i`` are exact or nearly (Sterbenz), and the sum's error is
+  relative to the reduction itself, so near a minimum the trust region's
+  ``rho`` still compares real numbers.
+
+  Examples:
+    In float32, with ``||r||^2 - ||r'||^2 = 19.53125 - 2^-20`` exactly:
+
+    >>> import jax.numpy as jnp
+    >>> from trncg_jax.least_squares import reduction
+    >>> r = jnp.array([1e4], jnp.float32)
+    >>> new = r - 2.0**-10
+    >>> float(reduction(r, new)), float(jnp.sum(r**2) - jnp.sum(new**2))
+    (19.53125, 16.0)
+  """
+  return sum(
+    jnp.sum((r - s) * (r + s))
+    for r, s in zip(jax.tree.leaves(residuals), jax.tree.leaves(new_residuals))
+  )
 
 
 def gauss_newton_product(

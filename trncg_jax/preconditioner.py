@@ -57,6 +57,16 @@ class NystromFactors(NamedTuple):
       jnp.ones((), flat.dtype),
     )
 
+  def norm(self, v: Any) -> jax.Array:
+    """``||v||_M = sqrt(v^T M v)`` of a pytree ``v``, from ``M``'s
+    eigenvalues: ``outside ||v||^2 + sum (inside - outside) (U^T v)^2``."""
+    x = ravel_pytree(v)[0]
+    c = self.basis.T @ x
+    square = self.outside * (x @ x) + jnp.sum(
+      (self.inside - self.outside) * c**2
+    )
+    return jnp.sqrt(jnp.maximum(square, 0.0))
+
   def preconditioner(self, like: Any) -> Preconditioner:
     """``M`` and ``M^{-1}`` on pytrees like ``like``."""
     unravel = ravel_pytree(like)[1]

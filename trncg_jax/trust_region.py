@@ -8,8 +8,10 @@ gradient ``g`` already known:
 2. the loss and gradient are evaluated once at ``x + p``;
 3. ``rho = (f - f(x + p) + delta) / (m(0) - m(p) + delta)``, with ``delta =
    100 eps |f|`` so that reductions both lost in the round-off of ``f`` count
-   as agreement; the step is accepted when ``rho > eta`` and the trial value
-   and gradient are finite;
+   as agreement; for a :class:`trncg_jax.LeastSquares` loss ``f - f(x + p)``
+   is summed term by term, ``sum (r - r')(r + r')``, which keeps the digits
+   that the difference of two sums loses; the step is accepted when ``rho >
+   eta`` and the trial value and gradient are finite;
 4. ``Delta`` shrinks when ``rho < 1/4`` and grows (up to ``max_radius``) when
    ``rho > 3/4`` and the step reached the boundary.
 """
@@ -37,6 +39,11 @@ from trncg_jax._checks import (
   tree_equal,
 )
 from trncg_jax.dense import dense_gauss_newton
+from trncg_jax.least_squares import (
+  LeastSquares,
+  reduction,
+  value_grad_residuals,
+)
 from trncg_jax.loss import (
   bind,
   distinct_buffers,
@@ -109,7 +116,9 @@ class TRNCGHyperparams:
       of a randomized Nystrom preconditioner for CG, built from ``s``
       curvature products taken in one batch
       (:func:`trncg_jax.preconditioner.nystrom_factors`). The trust region is
-      then ``||p||_M <= Delta`` in the preconditioner's norm. It pays off when
+      then ``||p||_M <= Delta`` in the preconditioner's norm, and the radius
+      is rescaled when the preconditioner is rebuilt, so that the last step
+      keeps its length in the new norm. It pays off when
       CG needs many steps per subproblem because the curvature spectrum
       decays fast. Static: it fixes the sketch's shape.
     nystrom_refresh: rebuild the preconditioner every this many iterations,
@@ -423,6 +432,10 @@ class TRNCGState(NamedTuple):
       called with other params (a transformation after trncg in an
       ``optax.chain`` changed the step, or the caller moved them)
       re-evaluates the loss there instead of trusting ``value``.
+    last_step: with ``nystrom_rank > 0``, the last trial step (accepted or
+      not), whose length in the old and the new preconditioner's norm
+      rescales the radius when the preconditioner is rebuilt (see
+      :func:`norm_ratio`); ``None`` otherwise.
   """
 
   count: jax.Array
@@ -433,6 +446,7 @@ class TRNCGState(NamedTuple):
   info: TRNCGInfo
   nystrom: Optional[NystromFactors] = None
   point: Any = None
+  last_step: Any = None
 
   # The protocol of trncg_jax.solve (see its module docstring).
 
@@ -526,6 +540,9 @@ def init_state(
       else None
     ),
     point=params,
+    last_step=(
+      optax.tree.zeros_like(params) if hyperparams.nystrom_rank else None
+    ),
   )
   return distinct_buffers(state)
 
@@ -631,6 +648,7 @@ def trust_region_step(
       ),
       lambda: state.nystrom,
     )
+    radius = radius * norm_ratio(state.last_step, state.nystrom, factors)
     sketch_hvps = jnp.where(refresh, hp.nystrom_rank, 0)
     preconditioner = factors.preconditioner(grad)
   if dense:
@@ -642,12 +660,19 @@ def trust_region_step(
       grad, hvp, radius, tol, hp.max_cg_steps, preconditioner, rtol
     )
   trial = optax.tree.add(params, cg.step)
-  trial_value, trial_grad, trial_aux = evaluate(
-    fun, trial, dtype, hp.has_aux, state.info.aux
-  )
+  if isinstance(fun, LeastSquares):
+    # f - f(x + p) term by term: near a minimum the difference of the two
+    # sums is their round-off. The residuals at params cost one forward pass
+    # (which XLA shares with the curvature's linearization there).
+    trial_value, trial_grad, trial_residuals = value_grad_residuals(fun, trial)
+    trial_value, trial_aux = jnp.asarray(trial_value, dtype), None
+    actual = reduction(fun.residual_fn(params), trial_residuals)
+  else:
+    trial_value, trial_grad, trial_aux = evaluate(
+      fun, trial, dtype, hp.has_aux, state.info.aux
+    )
+    actual = value - trial_value
   trial_finite = jnp.isfinite(trial_value) & all_finite(trial_grad)
-
-  actual = value - trial_value
   predicted = cg.predicted_reduction
   # Round-off safeguard (Conn, Gould & Toint, Section 17.4.2): both
   # reductions within a few ulps of |f| are noise and count as agreement, so
@@ -736,8 +761,22 @@ def trust_region_step(
     info=info,
     nystrom=factors,
     point=optax.tree.where(accepted, trial, params),
+    last_step=cg.step if hp.nystrom_rank else None,
   )
   return updates, new_state
+
+
+def norm_ratio(step: Any, old: NystromFactors, new: NystromFactors):
+  """``||step||_new / ||step||_old``, the factor that keeps the trust region
+  the size the last step earned when the preconditioner (and with it the
+  region's norm) changes; ``1`` when the ratio is undefined (no step yet).
+
+  Without it, a region stretched along directions the old ``M`` found flat
+  shrinks by up to ``1 / sqrt(nystrom_damping)`` when the new ``M`` finds
+  them stiff, and the radius takes many expansions to recover."""
+  before, after = old.norm(step), new.norm(step)
+  defined = (before > 0) & jnp.isfinite(before) & jnp.isfinite(after)
+  return jnp.where(defined, after / jnp.where(defined, before, 1.0), 1.0)
 
 
 #: The defaults, for the signatures of :func:`trncg_init` and
