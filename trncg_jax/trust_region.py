@@ -648,7 +648,10 @@ def trust_region_step(
       ),
       lambda: state.nystrom,
     )
-    radius = radius * norm_ratio(state.last_step, state.nystrom, factors)
+    radius = jnp.minimum(
+      radius * norm_ratio(state.last_step, state.nystrom, factors),
+      hp.max_radius,
+    )
     sketch_hvps = jnp.where(refresh, hp.nystrom_rank, 0)
     preconditioner = factors.preconditioner(grad)
   if dense:
@@ -660,10 +663,10 @@ def trust_region_step(
       grad, hvp, radius, tol, hp.max_cg_steps, preconditioner, rtol
     )
   trial = optax.tree.add(params, cg.step)
-  if isinstance(fun, LeastSquares):
+  if isinstance(fun, LeastSquares) and not hp.has_aux:
     # f - f(x + p) term by term: near a minimum the difference of the two
     # sums is their round-off. The residuals at params cost one forward pass
-    # (which XLA shares with the curvature's linearization there).
+    # (XLA can share it with the curvature's linearization there).
     trial_value, trial_grad, trial_residuals = value_grad_residuals(fun, trial)
     trial_value, trial_aux = jnp.asarray(trial_value, dtype), None
     actual = reduction(fun.residual_fn(params), trial_residuals)
