@@ -200,6 +200,11 @@ def _build_run(
   def loop(params, state, args, loss_tol, grad_tol, min_radius, run_id):
     full_fun = bind(loss_fn, *args)  # a LeastSquares loss stays one
     fun = loss_only(full_fun, has_aux)
+    if state is None:  # built here: no eager op per leaf, no input buffers
+      if has_aux and getattr(optimizer.init, "accepts_aux", False):
+        state = optimizer.init(params, aux=jax.eval_shape(full_fun, params)[1])
+      else:
+        state = optimizer.init(params)
     stored = optax.tree.get(state, "value") is not None
     # trncg(has_aux=True) keeps the accepted point's aux and takes the full
     # loss; other optimizers see the loss alone, and the aux is computed here.
@@ -561,12 +566,7 @@ def solve(
   tolerances = tuple(
     jnp.asarray(t, dtype) for t in (loss_tol, grad_tol, min_radius)
   )
-  if (
-    state is None and has_aux and getattr(optimizer.init, "accepts_aux", False)
-  ):
-    state = optimizer.init(params, aux=jax.eval_shape(fun, params)[1])
-  elif state is None:
-    state = optimizer.init(params)
+  # state None: the loop builds optimizer.init(params) itself.
   run_id = next(_RUN_IDS)
   if traced:
     params, state, history, k, status = run(
