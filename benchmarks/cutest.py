@@ -19,10 +19,10 @@ final ``||g|| <= 1e-6`` and ``f <= f_best + 1e-6 max(1, |f_best|)``, with
 ``f_best`` the lowest final value of any solver.
 
 Every JAX solver is timed the same way: one compiled function that returns
-the solution, the step count, the status and the work counts, called with
-synchronous CPU dispatch (see ``main``). Compile time is measured apart and
-left out of the run time; a run under a second is repeated and the second,
-warm, run is timed.
+the solution, the step count and the status, called with synchronous CPU
+dispatch (see ``main``). Compile time is measured apart and left out of the
+run time; a run under a second is timed by the median of warm repeats (see
+``timed``).
 
 Writes ``cutest.csv``, ``cutest.md`` and ``cutest_profile.png`` (Dolan-More
 performance profiles of run time and of gradient + HVP evaluations).
