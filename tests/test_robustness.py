@@ -140,6 +140,28 @@ def test_safe_norm_matches_numpy_over_the_whole_range():
   assert float(safe_norm(jnp.array([1.0, jnp.inf]))) == np.inf
 
 
+def test_tree_reductions_combine_leaves_and_keep_the_dtype():
+  from trncg_jax._checks import all_finite, tree_equal, tree_max_abs
+
+  tree = {
+    "a": jnp.array([3.0, -4.0], jnp.float32),
+    "b": jnp.array([[-12.0]], jnp.float32),
+    "c": jnp.array(0.5, jnp.float32),
+  }
+  assert tree_max_abs(tree).dtype == jnp.float32
+  assert float(tree_max_abs(tree)) == 12.0
+  assert bool(all_finite(tree))
+  assert bool(tree_equal(tree, dict(tree)))
+  for leaf in ("a", "b", "c"):
+    bad = dict(tree, **{leaf: tree[leaf] * jnp.nan})
+    assert not bool(all_finite(bad)), leaf
+    assert not np.isfinite(float(tree_max_abs(bad))), leaf
+    assert not bool(tree_equal(tree, dict(tree, **{leaf: tree[leaf] + 1}))), (
+      leaf
+    )
+  assert float(tree_max_abs({})) == 0.0 and bool(all_finite({}))
+
+
 # 6. Hyperparameters that the cast to the params' dtype turns to 0 or inf.
 @pytest.mark.parametrize(
   "name,value,becomes",

@@ -17,22 +17,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The per-leaf results below are combined elementwise, not stacked and
+# reduced: XLA:CPU allocates the buffers of every reduction in a compiled
+# program at each of its calls (see trncg_jax.status.first_true).
+
 
 def all_finite(tree: Any) -> jax.Array:
   """Whether every entry of every leaf of ``tree`` is finite (a traced bool)."""
-  return jnp.all(
-    jnp.asarray(
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
-    )
+  return functools.reduce(
+    jnp.logical_and,
+    [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)],
+    True,
   )
 
 
 def tree_max_abs(tree: Any) -> jax.Array:
   """``max_i |x_i|`` over every entry of every leaf (0 for an empty tree)."""
-  return jnp.max(
-    jnp.asarray(
-      [jnp.max(jnp.abs(x), initial=0) for x in jax.tree_util.tree_leaves(tree)]
-    )
+  return functools.reduce(
+    jnp.maximum,
+    [jnp.max(jnp.abs(x), initial=0) for x in jax.tree_util.tree_leaves(tree)],
+    0.0,  # a Python float: the leaves' dtype wins
   )
 
 
@@ -69,15 +73,15 @@ def safe_norm(tree: Any) -> jax.Array:
 
 def tree_equal(a: Any, b: Any) -> jax.Array:
   """Whether two pytrees of one structure hold the same values (traced bool)."""
-  return jnp.all(
-    jnp.asarray(
-      [
-        jnp.all(x == y)
-        for x, y in zip(
-          jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-        )
-      ]
-    )
+  return functools.reduce(
+    jnp.logical_and,
+    [
+      jnp.all(x == y)
+      for x, y in zip(
+        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+      )
+    ],
+    True,
   )
 
 

@@ -44,7 +44,7 @@ from trncg_jax._checks import (
   safe_norm,
 )
 from trncg_jax.loss import bind, evaluate, loss_only
-from trncg_jax.status import SolveStatus
+from trncg_jax.status import SolveStatus, first_true
 from trncg_jax.steihaug import cg_steihaug
 from trncg_jax.transform import trncg
 
@@ -266,7 +266,7 @@ def _build_run(
       own = [
         node.terminate(min_radius) for node in _implementers(state, "terminate")
       ]
-      return jnp.select(
+      return first_true(
         [
           ~jnp.isfinite(value) | ~jnp.isfinite(gnorm),
           value <= loss_tol,
@@ -274,7 +274,7 @@ def _build_run(
         ],
         [SolveStatus.NON_FINITE, SolveStatus.LOSS_TOL, SolveStatus.GRAD_TOL],
         own[0] if own else SolveStatus.MAX_STEPS,
-      ).astype(jnp.int32)
+      )
 
     def record(history, k, value, gnorm, aux, state):
       slot = -(-k // history_every)

@@ -9,6 +9,27 @@ traced value back with ``StepStatus(int(info.status))``.
 from __future__ import annotations
 
 import enum
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def first_true(
+  conditions: Sequence[jax.Array], codes: Sequence[int], default: int
+) -> jax.Array:
+  """The code of the first true condition, else ``default``, as an int32.
+
+  ``jnp.select`` without its ``argmax``: XLA:CPU allocates a buffer for every
+  value inside a reduction's body at each call of a compiled program, whether
+  the reduction runs or not, and an ``argmax`` has a dozen (about 1 us per
+  ``jnp.select`` and call, measured in docs/choosing.md, "Many small problems
+  on a CPU"). A chain of ``jnp.where`` allocates none.
+  """
+  result = jnp.asarray(default, jnp.int32)
+  for condition, code in reversed(tuple(zip(conditions, codes))):
+    result = jnp.where(condition, jnp.asarray(code, jnp.int32), result)
+  return result
 
 
 class Status(enum.IntEnum):

@@ -20,7 +20,7 @@ import optax
 
 from trncg_jax._checks import norm_exponent, scale_tree
 from trncg_jax.preconditioner import IDENTITY, Preconditioner
-from trncg_jax.status import CGStatus
+from trncg_jax.status import CGStatus, first_true
 
 
 class SteihaugResult(NamedTuple):
@@ -202,7 +202,7 @@ def cg_steihaug(
     converged = ~go_to_boundary & ~hits & (jnp.sqrt(rr_next) <= tol)
     beta = ry_next / jnp.where(c.ry > 0, c.ry, 1.0)
     steps = c.steps + 1
-    exit_code = jnp.select(
+    exit_code = first_true(
       [~finite, go_to_boundary, hits, converged],
       [
         CGStatus.NON_FINITE,
@@ -211,7 +211,7 @@ def cg_steihaug(
         CGStatus.CONVERGED,
       ],
       CGStatus.MAX_STEPS,
-    ).astype(jnp.int32)
+    )
     stopped = go_to_boundary | hits
     return _Carry(
       steps=steps,

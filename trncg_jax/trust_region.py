@@ -29,7 +29,6 @@ import optax
 
 from trncg_jax import hvp as hvp_lib
 from trncg_jax._checks import (
-  all_finite,
   check_float_params,
   check_number,
   check_scalar_loss,
@@ -51,7 +50,7 @@ from trncg_jax.loss import (
   loss_only,
 )
 from trncg_jax.preconditioner import IDENTITY, NystromFactors, nystrom_factors
-from trncg_jax.status import CGStatus, SolveStatus, StepStatus
+from trncg_jax.status import CGStatus, SolveStatus, StepStatus, first_true
 from trncg_jax.steihaug import cg_steihaug
 
 #: Reductions within this many ulps of ``|f|`` count as round-off in the rho
@@ -460,7 +459,7 @@ class TRNCGState(NamedTuple):
     is below ``min_radius``, ``STATIONARY`` or ``PRECISION_LIMIT`` when the
     last iteration found no further progress possible, else ``MAX_STEPS``
     (go on)."""
-    return jnp.select(
+    return first_true(
       [
         self.radius < min_radius,
         self.info.status == StepStatus.STATIONARY,
@@ -617,7 +616,10 @@ def trust_region_step(
   value = jnp.asarray(value, dtype)
   radius = state.radius
   grad_norm = safe_norm(grad).astype(dtype)
-  current_finite = jnp.isfinite(value) & all_finite(grad)
+  # The norm is finite when every entry is, unless it passes the dtype's
+  # largest value, where the run could not go on anyway: one reduction, not
+  # two (see trncg_jax.status.first_true).
+  current_finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
   # The forcing term min(0.5, ||g||^q), relative to ||g||; floored at
   # 100 eps, below which CG's residual is round-off.
   rtol = jnp.where(
@@ -675,7 +677,8 @@ def trust_region_step(
       fun, trial, dtype, hp.has_aux, state.info.aux
     )
     actual = value - trial_value
-  trial_finite = jnp.isfinite(trial_value) & all_finite(trial_grad)
+  trial_grad_norm = safe_norm(trial_grad).astype(dtype)
+  trial_finite = jnp.isfinite(trial_value) & jnp.isfinite(trial_grad_norm)
   predicted = cg.predicted_reduction
   # Round-off safeguard (Conn, Gould & Toint, Section 17.4.2): both
   # reductions within a few ulps of |f| are noise and count as agreement, so
@@ -696,7 +699,6 @@ def trust_region_step(
   # or the model's own minimizer gains less than f can resolve and the
   # gradient did not shrink either. While it shrinks, Newton steps below f's
   # resolution still improve x, and the safeguarded rho accepts them.
-  trial_grad_norm = safe_norm(trial_grad).astype(dtype)
   precision_limit = (
     current_finite
     & ~stationary
@@ -729,7 +731,7 @@ def trust_region_step(
   updates = optax.tree.where(accepted, cg.step, optax.tree.zeros_like(cg.step))
   new_value = jnp.where(accepted, trial_value, value)
   new_grad = optax.tree.where(accepted, trial_grad, grad)
-  status = jnp.select(
+  status = first_true(
     [~current_finite, stationary, precision_limit, accepted, ~trial_finite],
     [
       StepStatus.NON_FINITE_CURRENT,
@@ -739,7 +741,7 @@ def trust_region_step(
       StepStatus.NON_FINITE_TRIAL,
     ],
     StepStatus.REJECTED,
-  ).astype(jnp.int32)
+  )
   info = TRNCGInfo(
     loss=new_value,
     grad_norm=jnp.where(accepted, trial_grad_norm, grad_norm),
