@@ -162,6 +162,33 @@ def test_tree_reductions_combine_leaves_and_keep_the_dtype():
   assert float(tree_max_abs({})) == 0.0 and bool(all_finite({}))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scale_tree_is_an_exact_power_of_two_at_any_exponent(dtype):
+  from trncg_jax._checks import norm_exponent, scale_tree
+
+  info = np.finfo(dtype)
+  rng = np.random.default_rng(0)
+  mantissa = (rng.uniform(0.5, 1.0, 200) * rng.choice([-1, 1], 200)).astype(
+    dtype
+  )
+  scaled = jax.jit(scale_tree)
+  # Normal inputs and outputs, at exponents up to the documented 2 |minexp|
+  # (252 in float32): most of these 2^e are not floats themselves.
+  span = -2 * info.minexp
+  for e in (-span, -span // 2, -1, 0, 1, span // 2, span):
+    k = info.minexp + 1 if e > 0 else info.maxexp
+    x = np.ldexp(mantissa, k).astype(dtype)
+    got = scaled({"a": jnp.asarray(x)}, jnp.int32(e))["a"]
+    assert got.dtype == dtype
+    want = np.ldexp(mantissa.astype(np.float64), k + e).astype(dtype)
+    np.testing.assert_array_equal(np.asarray(got), want, err_msg=str(e))
+  # A gradient of 1e30 x entries in float32 scales to O(1) and back exactly.
+  g = jnp.asarray(mantissa * dtype(1e30 if dtype == np.float32 else 1e300))
+  e = norm_exponent(g)
+  assert 0.5 <= float(jnp.max(jnp.abs(scaled(g, -e)))) < 1.0
+  np.testing.assert_array_equal(scaled(scaled(g, -e), e), g)
+
+
 # 6. Hyperparameters that the cast to the params' dtype turns to 0 or inf.
 @pytest.mark.parametrize(
   "name,value,becomes",

@@ -31,12 +31,13 @@ def test_first_true_broadcasts_like_jnp_select():
   )
 
 
-def _primitives(jaxpr):
+def equations(jaxpr):
+  """Every equation of ``jaxpr`` and of the jaxprs inside it (loops, conds)."""
   for eqn in jaxpr.eqns:
-    yield eqn.primitive.name
+    yield eqn
     for value in eqn.params.values():
       for sub in jaxprs_in(value):
-        yield from _primitives(sub)
+        yield from equations(sub)
 
 
 def test_the_compiled_solve_has_no_argmax():
@@ -47,6 +48,8 @@ def test_the_compiled_solve_has_no_argmax():
     res = trncg_jax.solve(lambda x: jnp.sum((x - 1.0) ** 2), x0, max_steps=5)
     return res.params, res.status
 
-  names = set(_primitives(jax.make_jaxpr(run)(jnp.zeros(3)).jaxpr))
+  names = {
+    e.primitive.name for e in equations(jax.make_jaxpr(run)(jnp.zeros(3)).jaxpr)
+  }
   assert "while" in names  # the walk reaches the loop
   assert not names & {"argmax", "argmin"}

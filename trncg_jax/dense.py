@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from trncg_jax._checks import norm_exponent
+from trncg_jax._checks import norm_exponent, scale_tree
 from trncg_jax.hvp import jaxprs_in
 from trncg_jax.least_squares import LeastSquares, check_residuals
 from trncg_jax.status import CGStatus
@@ -116,8 +116,8 @@ def dense_gauss_newton(
   # The system in units of 2^e ~ max |J|: exact scaling, so that J^T J
   # neither overflows nor underflows; d is unchanged by it.
   exponent = norm_exponent(jac_t)
-  jac_t = jnp.ldexp(jac_t, -exponent)
-  g = jnp.ldexp(flat_grad, -2 * exponent)
+  jac_t = scale_tree(jac_t, -exponent)
+  g = scale_tree(scale_tree(flat_grad, -exponent), -exponent)
   curvature = 2.0 * jac_t @ jac_t.T
   trace = jnp.trace(curvature)
   mu = jnp.maximum(

@@ -79,6 +79,8 @@ class _Carry(NamedTuple):
   rr: jax.Array  # r.r
   ry: jax.Array  # r.M^{-1}r
   zz: jax.Array  # ||z||_M^2
+  zd: jax.Array  # z^T M d
+  dd: jax.Array  # ||d||_M^2
   model: jax.Array  # m(z) - m(0)
   status: jax.Array
   done: jax.Array
@@ -105,8 +107,12 @@ def cg_steihaug(
   region is ``||p||_M <= radius`` (Steihaug's own, preconditioned, form).
 
   The model value is carried by the exact recurrence
-  ``m(z + tau d) - m(z) = tau r^T d + tau^2 d^T B d / 2`` with ``r = g + B z``,
-  so the predicted reduction costs no extra Hessian-vector product.
+  ``m(z + tau d) - m(z) = tau r^T d + tau^2 d^T B d / 2`` with ``r = g + B z``
+  and ``r^T d = -r^T y`` (``r`` is orthogonal to the previous direction), so
+  the predicted reduction costs no extra Hessian-vector product. ``||z||_M``,
+  ``z^T M d`` and ``||d||_M`` follow Conn, Gould & Toint's recurrences: a CG
+  step costs one HVP, one preconditioner solve and two inner products
+  (``d^T B d`` and ``r^T y``; one with the identity), and never applies ``M``.
 
   Args:
     grad: the gradient ``g``, any pytree of float arrays.
@@ -135,13 +141,15 @@ def cg_steihaug(
     (CG-Steihaug), p. 171; Theorem 7.3, p. 172.
     Steihaug, "The conjugate gradient method and trust regions in large scale
     optimization", SIAM J. Numer. Anal. 20(3), 1983, pp. 626-637.
+    Conn, Gould & Toint, *Trust-Region Methods*, SIAM, 2000, Section 7.5.1,
+    eqs. (7.5.6)-(7.5.7) (the recurrences for ``z^T M d`` and ``||d||_M``).
   """
   dtype = jnp.result_type(*jax.tree_util.tree_leaves(grad))
   radius = jnp.asarray(radius, dtype)
   # CG runs on the subproblem divided by sigma = 2^e ~ max |g_i|: the same
   # minimizer and region, with ||g / sigma|| = O(1), so that r^T r and
   # d^T B d neither overflow nor underflow however the loss is scaled (1e30 x
-  # a quadratic in float32). A power of two applied by ldexp: exact, so CG's
+  # a quadratic in float32). A power of two, applied exactly, so CG's
   # arithmetic is the unscaled one's, bit for bit.
   exponent = norm_exponent(grad)
   grad = scale_tree(grad, -exponent)
@@ -149,6 +157,7 @@ def cg_steihaug(
   hvp = lambda v: scale_tree(unscaled_hvp(v), -exponent)
   y0 = preconditioner.solve(grad)
   rr0 = optax.tree.vdot(grad, grad).astype(dtype)
+  ry0 = optax.tree.vdot(grad, y0).astype(dtype)
   # In scaled units, where the relative tolerance cannot underflow.
   tol = jnp.maximum(
     jnp.ldexp(jnp.asarray(tol, dtype), -exponent),
@@ -162,8 +171,10 @@ def cg_steihaug(
     r=grad,
     d=optax.tree.scale(-1.0, y0),
     rr=rr0,
-    ry=optax.tree.vdot(grad, y0).astype(dtype),
+    ry=ry0,
     zz=zero,
+    zd=zero,
+    dd=ry0,
     model=zero,
     status=jnp.asarray(CGStatus.CONVERGED, jnp.int32),
     done=jnp.sqrt(rr0) <= tol,
@@ -171,11 +182,10 @@ def cg_steihaug(
 
   def body(c: _Carry) -> _Carry:
     bd = hvp(c.d)
-    md = preconditioner.matvec(c.d)
     curvature = optax.tree.vdot(c.d, bd)
-    dd = optax.tree.vdot(c.d, md)  # ||d||_M^2
-    zd = optax.tree.vdot(c.z, md)  # z^T M d
-    rd = optax.tree.vdot(c.r, c.d)
+    zd, dd = c.zd, c.dd
+    # r^T d = -r^T y + beta r^T d_prev, and r is orthogonal to d_prev.
+    rd = -c.ry
     finite = jnp.isfinite(curvature)
     # A non-finite curvature is treated as zero: the model turns linear.
     curvature_used = jnp.where(finite, curvature, 0.0)
@@ -221,6 +231,8 @@ def cg_steihaug(
       rr=jnp.where(stopped, c.rr, rr_next),
       ry=jnp.where(stopped, c.ry, ry_next),
       zz=c.zz + 2 * tau * zd + tau**2 * dd,
+      zd=beta * (zd + alpha * dd),
+      dd=ry_next + beta**2 * dd,
       model=model_at(tau),
       status=exit_code,
       done=stopped | converged | (steps >= max_steps),
