@@ -164,9 +164,13 @@ def test_tree_reductions_combine_leaves_and_keep_the_dtype():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_scale_tree_is_an_exact_power_of_two_at_any_exponent(dtype):
-  from trncg_jax._checks import norm_exponent, scale_tree
+  from trncg_jax._checks import norm_exponent, pow2, scale_tree
 
   info = np.finfo(dtype)
+  every = np.arange(info.minexp, info.maxexp)
+  got = jax.jit(pow2, static_argnums=1)(jnp.asarray(every), dtype)
+  assert got.dtype == dtype
+  np.testing.assert_array_equal(got, np.ldexp(dtype(1), every))
   rng = np.random.default_rng(0)
   mantissa = (rng.uniform(0.5, 1.0, 200) * rng.choice([-1, 1], 200)).astype(
     dtype

@@ -8,7 +8,7 @@ import pytest
 import scipy.optimize
 
 import trncg_jax
-from trncg_jax import StepStatus
+from trncg_jax import CGStatus, StepStatus
 
 
 def rosenbrock(x):
@@ -603,6 +603,30 @@ def test_precision_limit_when_neither_f_nor_g_can_improve():
   assert res.status == trncg_jax.SolveStatus.PRECISION_LIMIT, res.status
   assert res.num_steps <= 30, res.num_steps
   np.testing.assert_allclose(res.params, 1.0, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+  "ulps,expected", [(3, StepStatus.PRECISION_LIMIT), (8, StepStatus.ACCEPTED)]
+)
+def test_a_collapsed_region_stops_once_its_step_moves_params_by_ulps(
+  ulps, expected
+):
+  """A step cut by the region that moves no coordinate by more than
+  STEP_ULPS = 4 ulps ends the run: a loss whose round-off is far above
+  eps |f| (a sum that cancels) accepted such steps for 900 iterations on
+  CUTEst's PENALTY3. A step of 8 ulps is still taken."""
+  from trncg_jax.trust_region import STEP_ULPS
+
+  assert STEP_ULPS == 4.0
+  eps = float(jnp.finfo(jnp.float64).eps)
+  x = jnp.ones(2)  # the Newton step, +2 per coordinate, is far outside
+  state = trncg_jax.trncg_init(x, initial_radius=ulps * eps * np.sqrt(2.0))
+  loss = lambda x: jnp.sum((x - 3.0) ** 2)
+  new_x, state = trncg_jax.trncg_update(x, state, loss)
+  assert CGStatus(int(state.info.cg_status)) == CGStatus.HIT_BOUNDARY
+  assert StepStatus(int(state.info.status)) == expected
+  # Accepted either way (rho is 1); the status is what ends a run.
+  np.testing.assert_array_equal(np.asarray(new_x) - 1.0, ulps * eps)
 
 
 def test_paper_preset_holds_the_papers_hyperparameters():

@@ -129,7 +129,7 @@ def dense_gauss_newton(
   d = -jax.scipy.linalg.cho_solve(factor, g)
   d_norm_sq = -(g @ d)  # ||d||_A^2, in scaled units
   finite = jnp.all(jnp.isfinite(d)) & (d_norm_sq > 0)
-  d_norm = jnp.ldexp(jnp.sqrt(jnp.where(finite, d_norm_sq, 1.0)), exponent)
+  d_norm = scale_tree(jnp.sqrt(jnp.where(finite, d_norm_sq, 1.0)), exponent)
   tau = jnp.where(finite, jnp.minimum(1.0, radius / d_norm), 0.0)
   step = tau * jnp.where(finite, d, 0.0)
   jp = jac_t.T @ step
@@ -141,7 +141,9 @@ def dense_gauss_newton(
   )
   return SteihaugResult(
     step=unravel(step.astype(dtype)),
-    predicted_reduction=jnp.ldexp(predicted, 2 * exponent).astype(dtype),
+    predicted_reduction=scale_tree(
+      scale_tree(predicted, exponent), exponent
+    ).astype(dtype),
     step_norm=(tau * d_norm).astype(dtype),
     steps=jnp.asarray(size, jnp.int32),
     status=exit_code.astype(jnp.int32),

@@ -127,7 +127,9 @@ class StepStatus(Status):
   PRECISION_LIMIT = (
     5,
     (
-      "The step no longer changes params, or the model's minimizer inside "
+      "The step no longer changes params, or the region has shrunk until "
+      "its step moves no coordinate by more than 4 ulps (a loss computed "
+      "with round-off far above eps |f|), or the model's minimizer inside "
       "the region predicts a decrease below the round-off of the loss (eps "
       "|f|) and does not lower the gradient norm either: no further "
       "progress is possible at this precision. Stop iterating; use float64 "
@@ -175,7 +177,8 @@ class SolveStatus(Status):
     6,
     (
       "trncg's model predicts a decrease below the loss's round-off, or its "
-      "step no longer changes the params: they are optimal to working "
-      "precision. Use float64 to go further."
+      "step no longer changes the params by more than a few ulps: they are "
+      "optimal to working precision. Use float64 to go further, or compute "
+      "the loss with less cancellation."
     ),
   )

@@ -160,7 +160,7 @@ def cg_steihaug(
   ry0 = optax.tree.vdot(grad, y0).astype(dtype)
   # In scaled units, where the relative tolerance cannot underflow.
   tol = jnp.maximum(
-    jnp.ldexp(jnp.asarray(tol, dtype), -exponent),
+    scale_tree(jnp.asarray(tol, dtype), -exponent),
     jnp.asarray(rtol, dtype) * jnp.sqrt(rr0),
   )
   zeros = optax.tree.zeros_like(grad)
@@ -241,9 +241,9 @@ def cg_steihaug(
   out = jax.lax.while_loop(lambda c: ~c.done, body, init)
   return SteihaugResult(
     step=out.z,
-    predicted_reduction=jnp.ldexp(-out.model, exponent),
+    predicted_reduction=scale_tree(-out.model, exponent),
     step_norm=jnp.sqrt(jnp.maximum(out.zz, 0.0)),
     steps=out.steps,
     status=out.status,
-    residual_norm=jnp.ldexp(jnp.sqrt(out.rr), exponent),
+    residual_norm=scale_tree(jnp.sqrt(out.rr), exponent),
   )

@@ -36,6 +36,7 @@ from trncg_jax._checks import (
   named_options,
   safe_norm,
   tree_equal,
+  tree_within,
 )
 from trncg_jax.dense import dense_gauss_newton
 from trncg_jax.least_squares import (
@@ -58,6 +59,11 @@ from trncg_jax.steihaug import cg_steihaug
 #: & Toint use 10, too tight for the noisier losses of long sums of squares
 #: (the evidence: docs/benchmarks.md, "How the defaults were chosen").
 ROUND_OFF_ULPS = 100.0
+
+#: A step cut by the trust region that moves no coordinate of params by more
+#: than this many ulps ends the run (``PRECISION_LIMIT``): the region has
+#: collapsed to the resolution of params.
+STEP_ULPS = 4.0
 
 CG, DENSE, AUTO = "cg", "dense", "auto"
 SOLVERS = (CG, DENSE, AUTO)
@@ -694,16 +700,25 @@ def trust_region_step(
   interior = (cg.status == CGStatus.CONVERGED) | (
     cg.status == CGStatus.MAX_STEPS
   )
+  on_boundary = (
+    (cg.status == CGStatus.NEGATIVE_CURVATURE)
+    | (cg.status == CGStatus.HIT_BOUNDARY)
+    | (cg.status == CGStatus.NON_FINITE)
+  )
   # Nothing is left to win at this precision (a bounded stop, not idling):
-  # the step is lost in the round-off of params (a radius shrunk to nothing),
-  # or the model's own minimizer gains less than f can resolve and the
-  # gradient did not shrink either. While it shrinks, Newton steps below f's
-  # resolution still improve x, and the safeguarded rho accepts them.
+  # the step is lost in the round-off of params; or the region has shrunk
+  # until its step moves no coordinate by more than STEP_ULPS ulps (a loss
+  # whose round-off exceeds ulps of |f|, a sum that cancels, can go on
+  # accepting such steps for ever: CUTEst's PENALTY3); or the model's own
+  # minimizer gains less than f can resolve and the gradient did not shrink
+  # either. While it shrinks, Newton steps below f's resolution still improve
+  # x, and the safeguarded rho accepts them.
+  step_rtol = jnp.where(on_boundary, STEP_ULPS * jnp.finfo(dtype).eps, 0.0)
   precision_limit = (
     current_finite
     & ~stationary
     & (
-      tree_equal(trial, params)
+      tree_within(trial, params, step_rtol.astype(dtype))
       | (
         interior
         & (predicted <= jnp.finfo(dtype).eps * jnp.abs(value))
@@ -712,11 +727,6 @@ def trust_region_step(
     )
   )
   accepted = current_finite & ~stationary & (rho > hp.eta)
-  on_boundary = (
-    (cg.status == CGStatus.NEGATIVE_CURVATURE)
-    | (cg.status == CGStatus.HIT_BOUNDARY)
-    | (cg.status == CGStatus.NON_FINITE)
-  )
   new_radius = jnp.where(
     rho < hp.shrink_threshold,
     hp.shrink_factor * radius,
