@@ -111,8 +111,9 @@ def cg_steihaug(
   and ``r^T d = -r^T y`` (``r`` is orthogonal to the previous direction), so
   the predicted reduction costs no extra Hessian-vector product. ``||z||_M``,
   ``z^T M d`` and ``||d||_M`` follow Conn, Gould & Toint's recurrences: a CG
-  step costs one HVP, one preconditioner solve and two inner products
-  (``d^T B d`` and ``r^T y``; one with the identity), and never applies ``M``.
+  step costs one HVP, one preconditioner solve and three inner products
+  (``d^T B d``, ``r^T r`` and ``r^T y``, the last two one without a
+  preconditioner), and never applies ``M``.
 
   Args:
     grad: the gradient ``g``, any pytree of float arrays.
