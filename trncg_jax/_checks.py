@@ -22,13 +22,17 @@ import numpy as np
 # program at each of its calls (see trncg_jax.status.first_true).
 
 
+def _every(test: Callable, *trees: Any) -> jax.Array:
+  """Whether ``test`` holds for every entry of the trees' matching leaves."""
+  leaves = zip(*(jax.tree_util.tree_leaves(tree) for tree in trees))
+  return functools.reduce(
+    jnp.logical_and, [jnp.all(test(*xs)) for xs in leaves], True
+  )
+
+
 def all_finite(tree: Any) -> jax.Array:
   """Whether every entry of every leaf of ``tree`` is finite (a traced bool)."""
-  return functools.reduce(
-    jnp.logical_and,
-    [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)],
-    True,
-  )
+  return _every(jnp.isfinite, tree)
 
 
 def tree_max_abs(tree: Any) -> jax.Array:
@@ -103,30 +107,12 @@ def safe_norm(tree: Any) -> jax.Array:
 def tree_within(a: Any, b: Any, rtol: jax.Array) -> jax.Array:
   """Whether every entry of ``a`` is within ``rtol |b_i|`` of ``b``'s (a
   traced bool; ``rtol = 0`` asks for equal finite values)."""
-  return functools.reduce(
-    jnp.logical_and,
-    [
-      jnp.all(jnp.abs(x - y) <= rtol * jnp.abs(y))
-      for x, y in zip(
-        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-      )
-    ],
-    True,
-  )
+  return _every(lambda x, y: jnp.abs(x - y) <= rtol * jnp.abs(y), a, b)
 
 
 def tree_equal(a: Any, b: Any) -> jax.Array:
   """Whether two pytrees of one structure hold the same values (traced bool)."""
-  return functools.reduce(
-    jnp.logical_and,
-    [
-      jnp.all(x == y)
-      for x, y in zip(
-        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-      )
-    ],
-    True,
-  )
+  return _every(jnp.equal, a, b)
 
 
 def check_float_params(params: Any, who: str) -> None:

@@ -700,11 +700,7 @@ def trust_region_step(
   interior = (cg.status == CGStatus.CONVERGED) | (
     cg.status == CGStatus.MAX_STEPS
   )
-  on_boundary = (
-    (cg.status == CGStatus.NEGATIVE_CURVATURE)
-    | (cg.status == CGStatus.HIT_BOUNDARY)
-    | (cg.status == CGStatus.NON_FINITE)
-  )
+  on_boundary = ~interior  # NEGATIVE_CURVATURE, HIT_BOUNDARY or NON_FINITE
   # Nothing is left to win at this precision (a bounded stop, not idling):
   # the step is lost in the round-off of params; or the region has shrunk
   # until its step moves no coordinate by more than STEP_ULPS ulps (a loss
