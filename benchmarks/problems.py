@@ -20,9 +20,11 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 import trncg_jax
+from trncg_jax.least_squares import per_point_jacobian
 
 ELEMENTARY_FUNCTIONS: dict[str, Callable] = {
   "linear": lambda x: 5 * x + 3,
@@ -248,14 +250,38 @@ def heat_loss_fn(apply, alpha: float = HEAT_ALPHA, lam: float = HEAT_LAMBDA):
   """The PINN loss lambda (f_BC + f_IC) + (1 - lambda) f_PDE, each f a mean
   of squares, written as its weighted residuals (a ``LeastSquares`` loss)."""
 
-  def residuals(params, data: Collocation):
-    r_pde = heat_residual(apply, params, data.interior, alpha)
-    r_bc = apply(params, data.boundary)[:, 0] - data.boundary_u
-    r_ic = apply(params, data.initial)[:, 0] - data.initial_u
-    weigh = lambda w, r: jnp.sqrt(w / r.size) * r
-    return (weigh(1 - lam, r_pde), weigh(lam, r_bc), weigh(lam, r_ic))
+  pde = lambda params, points: heat_residual(apply, params, points, alpha)
+  value = lambda params, points: apply(params, points)[:, 0]
 
-  return trncg_jax.LeastSquares(residuals)
+  def weigh(w, n, r):
+    return optax.tree.scale(jnp.sqrt(w / n), r)
+
+  def residuals(params, data: Collocation):
+    weights = _heat_weights(data, lam)
+    return (
+      weigh(*weights[0], pde(params, data.interior)),
+      weigh(*weights[1], value(params, data.boundary) - data.boundary_u),
+      weigh(*weights[2], value(params, data.initial) - data.initial_u),
+    )
+
+  def jacobian(params, data: Collocation):
+    weights = _heat_weights(data, lam)
+    return (
+      weigh(*weights[0], per_point_jacobian(pde, params, data.interior)),
+      weigh(*weights[1], per_point_jacobian(value, params, data.boundary)),
+      weigh(*weights[2], per_point_jacobian(value, params, data.initial)),
+    )
+
+  return trncg_jax.LeastSquares(residuals, jacobian)
+
+
+def _heat_weights(data: Collocation, lam: float):
+  """(weight, count) of the PDE, boundary and initial terms."""
+  return (
+    (1 - lam, data.interior.shape[0]),
+    (lam, data.boundary.shape[0]),
+    (lam, data.initial.shape[0]),
+  )
 
 
 def heat_fd_reference(
@@ -406,20 +432,38 @@ def poisson_data(
 
 @functools.lru_cache(maxsize=None)
 def poisson_loss_fn(apply):
-  """1/2 mean(residual^2) + 1/2 mean(boundary^2), as weighted residuals."""
+  """1/2 mean(residual^2) + 1/2 mean(boundary^2), as weighted residuals, with
+  their Jacobian by per-point gradients."""
+
+  def pde(params, points):
+    u = lambda p: apply(params, p)[:, 0]
+    laplacian = second_derivative(u, points, 0) + second_derivative(
+      u, points, 1
+    )
+    return -laplacian - 2 * np.pi**2 * poisson_exact(points)
+
+  def boundary_value(params, points):
+    return apply(params, points)[:, 0]
+
+  def weigh(r, n):
+    return optax.tree.scale(1 / jnp.sqrt(2.0 * n), r)
 
   def residuals(params, interior, boundary):
-    u = lambda p: apply(params, p)[:, 0]
-    laplacian = second_derivative(u, interior, 0) + second_derivative(
-      u, interior, 1
-    )
-    source = 2 * np.pi**2 * poisson_exact(interior)
     return (
-      (-laplacian - source) / jnp.sqrt(2.0 * interior.shape[0]),
-      u(boundary) / jnp.sqrt(2.0 * boundary.shape[0]),
+      weigh(pde(params, interior), interior.shape[0]),
+      weigh(boundary_value(params, boundary), boundary.shape[0]),
     )
 
-  return trncg_jax.LeastSquares(residuals)
+  def jacobian(params, interior, boundary):
+    return (
+      weigh(per_point_jacobian(pde, params, interior), interior.shape[0]),
+      weigh(
+        per_point_jacobian(boundary_value, params, boundary),
+        boundary.shape[0],
+      ),
+    )
+
+  return trncg_jax.LeastSquares(residuals, jacobian)
 
 
 def rms(pred, ref) -> float:

@@ -50,9 +50,13 @@ SECTIONS = (
     " optimizer at an equal run time, beside the figures Dangel, Mueller &"
     " Zeinhofer (NeurIPS 2024) published for the same set-ups (1000 s on a"
     ' GPU). `trncg_gn` is `trncg(hvp_mode="gauss_newton")` with no other'
-    " argument (the dense solver on these small nets); `trncg_gn_cg` forces"
-    " CG-Steihaug; Adam's learning rate is the best of 1e-4, 1e-3 and 1e-2.",
-    ("results/pinn_poisson_257/pinn.md",),
+    " argument: the dense solver, since the losses give their Jacobian as"
+    " per-point gradients (`jacobian_fn`); `trncg_gn_cg` forces CG-Steihaug;"
+    " Adam's learning rate is the best of 1e-4, 1e-3 and 1e-2.",
+    (
+      "results/pinn_poisson_257/pinn.md",
+      "results/pinn_poisson_9873/pinn.md",
+    ),
   ),
   Section(
     "The heat PINN at the paper's size",

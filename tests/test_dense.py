@@ -9,17 +9,19 @@ import trncg_jax
 from trncg_jax import dense
 from trncg_jax.status import CGStatus
 from trncg_jax.trust_region import (
+  DENSE_MAX_ENTRIES,
   DENSE_MAX_PARAMS,
   TRNCGHyperparams,
   uses_dense_solver,
 )
 
 
-def _linear_problem(n=12, p=5, seed=0, dtype=np.float64):
+def _linear_problem(n=12, p=5, seed=0, dtype=np.float64, jacobian=False):
   rng = np.random.default_rng(seed)
   jac, y = rng.normal(size=(n, p)), rng.normal(size=n)
   loss = trncg_jax.LeastSquares(
-    lambda x: jnp.asarray(jac, dtype) @ x - jnp.asarray(y, dtype)
+    lambda x: jnp.asarray(jac, dtype) @ x - jnp.asarray(y, dtype),
+    (lambda x: jnp.asarray(jac, dtype)) if jacobian else None,
   )
   return jac, y, loss
 
@@ -40,19 +42,80 @@ def _reference(jac, y, x, radius, damping_rel):
 
 
 @pytest.mark.parametrize("radius", [1e3, 0.3])
-@pytest.mark.parametrize("damping", [0.0, 1e-2])
-def test_matches_numpy_reference(radius, damping):
-  jac, y, loss = _linear_problem()
-  x = jnp.asarray(np.linspace(-1, 1, 5))
+@pytest.mark.parametrize(
+  "n, p, jacobian, damping",
+  [
+    (12, 5, False, 0.0),
+    (12, 5, False, 1e-2),
+    (12, 5, True, 0.0),
+    (5, 12, False, 1e-2),  # N < P: A is singular to 1e-15 at mu's floor,
+    (5, 12, True, 1e-2),  # which the next test covers
+  ],
+  ids=["P", "P-damped", "P-jacobian_fn", "N-damped", "N-jacobian_fn"],
+)
+def test_matches_numpy_reference(radius, n, p, jacobian, damping):
+  """Both systems (P x P, and N x N when N < P), J from JVPs or from
+  ``jacobian_fn``, against the P x P system solved in NumPy."""
+  jac, y, loss = _linear_problem(n, p, jacobian=jacobian)
+  x = jnp.asarray(np.linspace(-1, 1, p))
   grad = jax.grad(loss)(x)
   res = dense.dense_gauss_newton(loss, x, grad, jnp.asarray(radius), damping)
-  p, pred, norm = _reference(jac, y, np.asarray(x), radius, damping)
-  np.testing.assert_allclose(res.step, p, rtol=1e-9, atol=1e-12)
+  step, pred, norm = _reference(jac, y, np.asarray(x), radius, damping)
+  np.testing.assert_allclose(res.step, step, rtol=1e-9, atol=1e-12)
   np.testing.assert_allclose(res.predicted_reduction, pred, rtol=1e-9)
   np.testing.assert_allclose(res.step_norm, norm, rtol=1e-9)
-  assert int(res.steps) == 5  # the Jacobian's JVPs
+  assert int(res.steps) == p  # the Jacobian's JVPs
   expected = CGStatus.CONVERGED if radius > 10 else CGStatus.HIT_BOUNDARY
   assert CGStatus(int(res.status)) == expected
+
+
+@pytest.mark.parametrize("jacobian", [False, True])
+def test_fewer_residuals_than_params_give_the_minimum_norm_step(jacobian):
+  """N < P, mu at its floor: the full step is J's minimum-norm solution of
+  J d = -r (NumPy's lstsq), which the P x P system cannot resolve."""
+  jac, y, loss = _linear_problem(6, 40, seed=2, jacobian=jacobian)
+  x = jnp.asarray(np.linspace(-1, 1, 40))
+  res = dense.dense_gauss_newton(
+    loss, x, jax.grad(loss)(x), jnp.asarray(1e6), 0.0
+  )
+  r = jac @ np.asarray(x) - y
+  np.testing.assert_allclose(
+    res.step, np.linalg.lstsq(jac, -r)[0], rtol=1e-10, atol=1e-12
+  )
+  assert CGStatus(int(res.status)) == CGStatus.CONVERGED
+
+
+def test_jacobian_fn_in_the_layout_of_jacrev_for_pytrees():
+  """Dict params and tuple residuals: ``jacobian_fn = jax.jacrev`` gives the
+  JVPs' matrix; a per-point ``jax.vmap(jax.grad(...))`` block does too."""
+
+  def residuals(p, t):
+    u = jnp.tanh(jnp.outer(p["w"], t) + p["b"][:, None]).sum(0)
+    return (u - jnp.sin(t), 0.1 * p["b"])
+
+  def per_point(p, t):  # the first block row by row, as a PINN's would be
+    point = lambda q, s: residuals(q, s[None])[0][0]
+    rows = jax.vmap(jax.grad(point), (None, 0))(p, t)
+    return rows, jax.jacrev(lambda q: residuals(q, t)[1])(p)
+
+  params = {"w": jnp.linspace(-1, 1, 3), "b": jnp.linspace(0, 0.5, 3)}
+  t = jnp.linspace(0, 1, 7)
+  by_jvps = dense.residual_jacobian(
+    trncg_jax.LeastSquares(residuals).bind(t), params
+  )
+  for jacobian_fn in (jax.jacrev(residuals), per_point):
+    loss = trncg_jax.LeastSquares(residuals, jacobian_fn).bind(t)
+    np.testing.assert_allclose(
+      dense.residual_jacobian(loss, params), by_jvps, rtol=1e-12, atol=1e-15
+    )
+
+
+def test_jacobian_fn_in_another_layout_is_a_type_error():
+  loss = trncg_jax.LeastSquares(
+    lambda x: jnp.sin(x), lambda x: jnp.diag(jnp.cos(x))[:, :2]
+  )
+  with pytest.raises(TypeError, match="jacobian_fn must return the layout"):
+    dense.residual_jacobian(loss, jnp.ones(3))
 
 
 def test_trncg_solves_linear_least_squares_like_lstsq():
@@ -69,6 +132,25 @@ def test_trncg_solves_linear_least_squares_like_lstsq():
   )
   # Each iteration forms J by P = 6 JVPs: the work counter says so.
   assert set(res.history["hvps"][1 : res.num_steps + 1].tolist()) == {6}
+
+
+def test_many_params_few_residuals_reach_the_minimum_norm_solution():
+  """P > DENSE_MAX_PARAMS with a jacobian_fn: "auto" takes the dense step in
+  the residual space; from zero every step lies in J's row space, so the run
+  ends at the minimum-norm solution (NumPy's lstsq)."""
+  p = DENSE_MAX_PARAMS + 52
+  jac, y, loss = _linear_problem(n=30, p=p, seed=3, jacobian=True)
+  res = trncg_jax.solve(
+    loss,
+    jnp.zeros(p),
+    grad_tol=1e-10,
+    max_steps=50,
+    optimizer=trncg_jax.trncg(hvp_mode="gauss_newton"),
+  )
+  np.testing.assert_allclose(
+    res.params, np.linalg.lstsq(jac, y)[0], rtol=1e-8, atol=1e-10
+  )
+  assert set(res.history["hvps"][1 : res.num_steps + 1].tolist()) == {p}
 
 
 def test_pytree_params_float32_and_scaling():
@@ -134,6 +216,29 @@ def test_auto_selects_dense_for_small_gauss_newton_only():
   )
   assert not uses_dense_solver(
     TRNCGHyperparams(hvp_mode="gauss_newton", solver="cg"), small
+  )
+
+
+def test_auto_selects_dense_for_few_residuals_with_a_jacobian_fn():
+  """Many params, few residuals: dense only when J is cheap (a
+  ``jacobian_fn``) and not too large."""
+  gn = TRNCGHyperparams(hvp_mode="gauss_newton")
+  params = jnp.zeros(DENSE_MAX_PARAMS + 1)
+  residuals = lambda n: lambda x: x[:n]
+  jacobian = lambda n: lambda x: jnp.eye(n, x.size)
+  few, many = 100, DENSE_MAX_PARAMS + 1
+  assert uses_dense_solver(
+    gn, params, trncg_jax.LeastSquares(residuals(few), jacobian(few))
+  )
+  assert not uses_dense_solver(
+    gn, params, trncg_jax.LeastSquares(residuals(few))
+  )
+  assert not uses_dense_solver(
+    gn, params, trncg_jax.LeastSquares(residuals(many), jacobian(many))
+  )
+  huge = jnp.zeros(DENSE_MAX_ENTRIES // few + 1)
+  assert not uses_dense_solver(
+    gn, huge, trncg_jax.LeastSquares(residuals(few), jacobian(few))
   )
 
 

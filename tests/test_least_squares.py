@@ -46,6 +46,23 @@ def test_loss_is_the_sum_of_squares_and_bind_keeps_kwargs():
   np.testing.assert_allclose(bound(params), np.sum(r**2), rtol=1e-13)
 
 
+def test_bind_keeps_the_jacobian_fn():
+  """A hand-written Jacobian in jacrev's layout survives ``bind`` (with
+  kwargs) and is what the dense solver uses: it equals the closed form."""
+  from trncg_jax.dense import residual_jacobian
+
+  def jacobian(params, a, y):
+    e = jnp.exp(a @ params["w"])
+    return {"w": e[:, None] * a, "b": jnp.ones_like(y)}
+
+  params, a, y = _data()
+  bound = trncg_jax.LeastSquares(exp_residuals, jacobian).bind(a=a, y=y)
+  by_keys = exp_jacobian(params, a)[:, [3, 0, 1, 2]]  # ravel order: b, w
+  np.testing.assert_allclose(
+    residual_jacobian(bound, params).T, by_keys, rtol=1e-13
+  )
+
+
 def test_reduction_is_the_difference_of_the_sums_of_squares():
   """Against exact rational arithmetic on the float32 residuals themselves
   (a pytree with two leaves), where the plain difference has no digit left."""
@@ -184,6 +201,8 @@ def test_misuse_errors():
     trncg_jax.trncg_update(x, state, plain)
   with pytest.raises(TypeError, match="callable"):
     trncg_jax.LeastSquares(np.ones(3))
+  with pytest.raises(TypeError, match="callable jacobian_fn"):
+    trncg_jax.LeastSquares(rosenbrock_residuals, np.ones(3))
   integer = trncg_jax.LeastSquares(lambda p: jnp.ones(2, jnp.int32) * 0)
   with pytest.raises(TypeError, match="float"):
     make_hvp(integer, x, "gauss_newton")

@@ -1,9 +1,11 @@
 """The Gauss-Newton trust-region subproblem solved densely, for small nets.
 
-For a :class:`trncg_jax.LeastSquares` loss ``f = ||r||^2`` with few params,
-the residuals' Jacobian ``J`` (``N x P``) costs ``P`` JVPs, and the damped
-Gauss-Newton system ``A d = -g``, ``A = B + mu I`` with ``B = 2 J^T J``, one
-Cholesky factorization. The region is measured in the norm of ``A``:
+For a :class:`trncg_jax.LeastSquares` loss ``f = ||r||^2`` with few params
+or few residuals, the residuals' Jacobian ``J`` (``N x P``) costs ``P`` JVPs
+(or one call of the loss's ``jacobian_fn``), and the damped Gauss-Newton
+system ``A d = -g``, ``A = B + mu I`` with ``B = 2 J^T J``, one Cholesky
+factorization of size ``min(N, P)``. The region is measured in the norm of
+``A``:
 
 .. math::
 
@@ -62,11 +64,20 @@ def intermediate_bytes(jaxpr) -> int:
 
 
 def residual_jacobian(loss: LeastSquares, params: Any) -> jax.Array:
-  """``J^T``, the transposed Jacobian of the raveled residuals (``P x N``),
-  by ``P`` forward-mode products in batches (``jax.lax.map``) of at most
-  :data:`JACOBIAN_BATCH_BYTES` counted intermediates, at least one JVP."""
+  """``J^T``, the transposed Jacobian of the raveled residuals (``P x N``).
+
+  From ``loss.jacobian_fn`` when it is given; otherwise by ``P`` forward-mode
+  products in batches (``jax.lax.map``) of at most
+  :data:`JACOBIAN_BATCH_BYTES` counted intermediates, at least one JVP.
+
+  Raises:
+    TypeError: if ``jacobian_fn``'s output is not laid out like
+      ``jax.jacrev(residual_fn)(params)``.
+  """
   check_residuals(loss, params)
   flat, unravel = ravel_pytree(params)
+  if loss.jacobian_fn is not None:
+    return _raveled_jacobian(loss, params, flat.dtype).T
   residuals = lambda x: ravel_pytree(loss.residual_fn(unravel(x)))[0]
   _, jvp = jax.linearize(residuals, flat)
   footprint = intermediate_bytes(jax.make_jaxpr(jvp)(flat).jaxpr)
@@ -74,6 +85,33 @@ def residual_jacobian(loss: LeastSquares, params: Any) -> jax.Array:
   return jax.lax.map(
     jvp, jnp.eye(flat.size, dtype=flat.dtype), batch_size=batch
   )
+
+
+def _raveled_jacobian(loss: LeastSquares, params: Any, dtype) -> jax.Array:
+  """``loss.jacobian_fn(params)`` as the ``N x P`` matrix of the raveled
+  residuals and params (the orders of ``ravel_pytree``)."""
+  residuals = jax.eval_shape(loss.residual_fn, params)
+  jacobian = loss.jacobian_fn(params)
+  expected = jax.tree.map(
+    lambda r: jax.tree.map(lambda x: r.shape + jnp.shape(x), params),
+    residuals,
+  )
+  if jax.tree.map(jnp.shape, jacobian) != expected:
+    raise TypeError(
+      "LeastSquares: jacobian_fn must return the layout of "
+      f"jax.jacrev(residual_fn)(params), shapes {expected}; got "
+      f"{jax.tree.map(jnp.shape, jacobian)}."
+    )
+  rows = [
+    jnp.concatenate(
+      [x.reshape(r.size, -1).astype(dtype) for x in jax.tree.leaves(block)], 1
+    )
+    for r, block in zip(
+      jax.tree.leaves(residuals),
+      jax.tree.structure(residuals).flatten_up_to(jacobian),
+    )
+  ]
+  return jnp.concatenate(rows, 0)
 
 
 def dense_gauss_newton(
@@ -98,9 +136,10 @@ def dense_gauss_newton(
   Returns:
     A :class:`trncg_jax.steihaug.SteihaugResult`: ``predicted_reduction`` of the
     Gauss-Newton model (with ``B``, not ``A``), ``step_norm = ||p||_A``,
-    ``steps = P`` (the JVPs that formed ``J``), ``status`` ``CONVERGED`` for the
-    full step, ``HIT_BOUNDARY`` when shortened, ``NON_FINITE`` (with a zero
-    step) when ``J`` or the factorization is not finite.
+    ``steps = P`` (the JVPs that form ``J`` without a ``jacobian_fn``),
+    ``status`` ``CONVERGED`` for the full step, ``HIT_BOUNDARY`` when
+    shortened, ``NON_FINITE`` (with a zero step) when ``J`` or the
+    factorization is not finite.
 
   References:
     Nocedal & Wright, *Numerical Optimization*, 2nd ed., Section 4.3 (the
@@ -118,15 +157,24 @@ def dense_gauss_newton(
   exponent = norm_exponent(jac_t)
   jac_t = scale_tree(jac_t, -exponent)
   g = scale_tree(scale_tree(flat_grad, -exponent), -exponent)
-  curvature = 2.0 * jac_t @ jac_t.T
-  trace = jnp.trace(curvature)
+  # Fewer residuals than params: the same d from the N x N system, by
+  # (2 J^T J + mu I)^-1 J^T = J^T (2 J J^T + mu I)^-1 and g = 2 J^T r.
+  in_residual_space = jac_t.shape[1] < size
+  curvature = 2.0 * (jac_t.T @ jac_t if in_residual_space else jac_t @ jac_t.T)
+  trace = jnp.trace(curvature)  # tr(2 J^T J) = tr(2 J J^T)
   mu = jnp.maximum(
     damping * trace / size, DAMPING_FLOOR_ULPS * jnp.finfo(dtype).eps * trace
   )
   factor = jax.scipy.linalg.cho_factor(
-    curvature + mu * jnp.eye(size, dtype=dtype), lower=True
+    curvature + mu * jnp.eye(curvature.shape[0], dtype=dtype), lower=True
   )
-  d = -jax.scipy.linalg.cho_solve(factor, g)
+  if in_residual_space:
+    r = ravel_pytree(loss.residual_fn(params))[0].astype(dtype)
+    d = -jac_t @ jax.scipy.linalg.cho_solve(
+      factor, 2.0 * scale_tree(r, -exponent)
+    )
+  else:
+    d = -jax.scipy.linalg.cho_solve(factor, g)
   d_norm_sq = -(g @ d)  # ||d||_A^2, in scaled units
   finite = jnp.all(jnp.isfinite(d)) & (d_norm_sq > 0)
   d_norm = scale_tree(jnp.sqrt(jnp.where(finite, d_norm_sq, 1.0)), exponent)

@@ -30,6 +30,16 @@ class LeastSquares:
       float arrays; the loss is the sum of the squares of all their entries.
       A weighted sum ``sum_k w_k mean(r_k^2)`` is written with residuals
       ``sqrt(w_k / n_k) r_k``.
+    jacobian_fn: optional, like SciPy's ``least_squares(jac=...)``:
+      ``jacobian_fn(params, *args, **kwargs)`` returns the residuals'
+      Jacobian in the layout of ``jax.jacrev(residual_fn)(params, *args)``
+      (for each residual array of shape ``s``, a pytree like params with
+      leaves of shape ``s + leaf.shape``). Only the dense Gauss-Newton
+      solver uses it. Give it when the Jacobian is much cheaper than ``P``
+      JVPs: residuals that each depend on one data point (a PINN's
+      collocation points, a regression's samples) have it as per-point
+      gradients, ``jax.vmap(jax.grad(point_residual), (None, 0))``, at about
+      the cost of one gradient of the loss.
 
   Examples:
     >>> import jax.numpy as jnp, trncg_jax
@@ -49,23 +59,62 @@ class LeastSquares:
     its trust-region form, pp. 258-262.
   """
 
-  def __init__(self, residual_fn: Callable[..., Any]):
-    if not callable(residual_fn):
-      raise TypeError(
-        f"LeastSquares needs a callable residual_fn, got "
-        f"{type(residual_fn).__name__}."
-      )
+  def __init__(
+    self,
+    residual_fn: Callable[..., Any],
+    jacobian_fn: Callable[..., Any] | None = None,
+  ):
+    optional = {"jacobian_fn": jacobian_fn} if jacobian_fn is not None else {}
+    for name, fn in dict(residual_fn=residual_fn, **optional).items():
+      if not callable(fn):
+        raise TypeError(
+          f"LeastSquares needs a callable {name}, got {type(fn).__name__}."
+        )
     self.residual_fn = residual_fn
+    self.jacobian_fn = jacobian_fn
 
   def __call__(self, params: Any, *args, **kwargs) -> jax.Array:
     return sum_of_squares(self.residual_fn(params, *args, **kwargs))
 
   def bind(self, *args, **kwargs) -> "LeastSquares":
     """The same loss with its data fixed: a function of params alone."""
-    return LeastSquares(lambda p: self.residual_fn(p, *args, **kwargs))
+    fix = lambda fn: None if fn is None else lambda p: fn(p, *args, **kwargs)
+    return LeastSquares(fix(self.residual_fn), fix(self.jacobian_fn))
 
   def __repr__(self) -> str:
     return f"LeastSquares({getattr(self.residual_fn, '__name__', '...')})"
+
+
+def per_point_jacobian(
+  residual_fn: Callable[..., jax.Array], params: Any, points: jax.Array
+) -> Any:
+  """The Jacobian of ``residual_fn(params, points)`` when its ``i``-th
+  residual depends on ``points[i]`` alone, as per-point gradients.
+
+  One vmapped gradient (``jax.vmap(jax.grad(...))`` over single-point
+  calls), about the cost of one gradient of the loss, where ``jax.jacrev``
+  or ``jax.jacfwd`` take ``N`` or ``P`` passes over all points. The result
+  has the layout of ``jax.jacrev(residual_fn)(params, points)``: a pytree
+  like params with a leading axis of ``len(points)``; scale it like the
+  residuals, and return a tuple of such blocks for a tuple of residuals.
+
+  Args:
+    residual_fn: ``(params, points) -> (n,)`` residuals, one per point
+      (``points`` of shape ``(n, ...)``).
+    params: where the Jacobian is taken.
+    points: the points, stacked on axis 0.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from trncg_jax.least_squares import per_point_jacobian
+    >>> fit = lambda w, x: jnp.tanh(x @ w)  # one residual per row of x
+    >>> w, x = jnp.array([0.5, -1.0]), jnp.array([[1.0, 2.0], [0.0, 1.0]])
+    >>> bool(jnp.allclose(per_point_jacobian(fit, w, x),
+    ...                   jax.jacrev(fit)(w, x)))
+    True
+  """
+  point = lambda p, x: residual_fn(p, x[None])[0]
+  return jax.vmap(jax.grad(point), (None, 0))(params, points)
 
 
 def value_grad_residuals(loss: LeastSquares, params: Any) -> tuple:

@@ -70,8 +70,13 @@ SOLVERS = (CG, DENSE, AUTO)
 #: The largest number of params for which ``solver="auto"`` solves the
 #: Gauss-Newton subproblem densely: a Cholesky factorization of 2048^2 costs
 #: about 3e9 flops (a fraction of a second on 2 CPU cores), and the Jacobian
-#: 2048 JVPs, the order of what a few hundred CG steps of HVPs cost.
+#: 2048 JVPs, the order of what a few hundred CG steps of HVPs cost. With a
+#: ``LeastSquares(jacobian_fn=...)`` the bound is on ``min(N, P)``, the size
+#: of the factorization, and :data:`DENSE_MAX_ENTRIES` bounds ``N P``.
 DENSE_MAX_PARAMS = 2048
+#: The most entries of ``J`` that ``solver="auto"`` forms from a
+#: ``jacobian_fn``: 2^27, 1 GiB in float64.
+DENSE_MAX_ENTRIES = 2**27
 
 
 @jax.tree_util.register_dataclass
@@ -136,12 +141,15 @@ class TRNCGHyperparams:
       preconditioner does little.
     solver: how the subproblem is solved (static). ``"cg"``: CG-Steihaug in
       the Euclidean norm (or the Nystrom preconditioner's). ``"dense"``
-      (``hvp_mode="gauss_newton"`` only): the Jacobian by ``P`` JVPs and the
-      exact Gauss-Newton step in the norm of ``B + mu I``, a region in
-      function space (:func:`trncg_jax.dense.dense_gauss_newton`); memory
-      ``P^2`` and time ``P^3 / 3`` per iteration. ``"auto"`` (the default):
-      ``"dense"`` for Gauss-Newton without a preconditioner on at most
-      :data:`DENSE_MAX_PARAMS` params, ``"cg"`` otherwise.
+      (``hvp_mode="gauss_newton"`` only): the Jacobian by ``P`` JVPs (or the
+      loss's ``jacobian_fn``) and the exact Gauss-Newton step in the norm of
+      ``B + mu I``, a region in function space
+      (:func:`trncg_jax.dense.dense_gauss_newton`); memory ``N P + m^2`` and
+      time ``max(N, P) m^2`` per iteration, ``m = min(N, P)``. ``"auto"`` (the
+      default): ``"dense"`` for Gauss-Newton without a preconditioner on at
+      most :data:`DENSE_MAX_PARAMS` params, or on at most that many
+      residuals when the loss has a ``jacobian_fn`` (and ``N P`` at most
+      :data:`DENSE_MAX_ENTRIES`); ``"cg"`` otherwise.
     dense_damping: ``mu`` of ``solver="dense"`` relative to the mean
       curvature ``tr(B) / P``: ``0`` by default, which leaves the floor ``mu =
       10 eps tr(B)`` that keeps the Cholesky factor finite. The Gauss-Newton
@@ -355,15 +363,25 @@ class TRNCGHyperparams:
 STATIC_FIELDS = ("hvp_mode", "has_aux", "nystrom_rank", "solver")
 
 
-def uses_dense_solver(hyperparams: TRNCGHyperparams, params: Any) -> bool:
-  """Whether ``hyperparams.solver`` means the dense solver for ``params``."""
+def uses_dense_solver(
+  hyperparams: TRNCGHyperparams, params: Any, loss: Any = None
+) -> bool:
+  """Whether ``hyperparams.solver`` means the dense solver for ``params``
+  (and ``loss``, a function of params alone)."""
   if hyperparams.solver != AUTO:
     return hyperparams.solver == DENSE
-  size = sum(jnp.size(x) for x in jax.tree_util.tree_leaves(params))
+  if hyperparams.hvp_mode != hvp_lib.GAUSS_NEWTON or hyperparams.nystrom_rank:
+    return False
+  n_params = sum(jnp.size(x) for x in jax.tree.leaves(params))
+  if n_params <= DENSE_MAX_PARAMS:
+    return True
+  if getattr(loss, "jacobian_fn", None) is None:
+    return False
+  residuals = jax.eval_shape(loss.residual_fn, params)
+  n_residuals = sum(r.size for r in jax.tree.leaves(residuals))
   return (
-    hyperparams.hvp_mode == hvp_lib.GAUSS_NEWTON
-    and not hyperparams.nystrom_rank
-    and size <= DENSE_MAX_PARAMS
+    n_residuals <= DENSE_MAX_PARAMS
+    and n_residuals * n_params <= DENSE_MAX_ENTRIES
   )
 
 
@@ -638,7 +656,7 @@ def trust_region_step(
   tol = jnp.where(hp.inexact_newton, 0.0, hp.cg_tol)
 
   curvature_fun = loss_only(fun if hvp_fun is None else hvp_fun, hp.has_aux)
-  dense = uses_dense_solver(hp, params)
+  dense = uses_dense_solver(hp, params, curvature_fun)
   hvp = None if dense else hvp_lib.make_hvp(curvature_fun, params, hp.hvp_mode)
   factors, sketch_hvps = state.nystrom, 0
   preconditioner = IDENTITY
