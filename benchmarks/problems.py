@@ -250,14 +250,38 @@ def heat_loss_fn(apply, alpha: float = HEAT_ALPHA, lam: float = HEAT_LAMBDA):
   """The PINN loss lambda (f_BC + f_IC) + (1 - lambda) f_PDE, each f a mean
   of squares, written as its weighted residuals (a ``LeastSquares`` loss)."""
 
-  def residuals(params, data: Collocation):
-    r_pde = heat_residual(apply, params, data.interior, alpha)
-    r_bc = apply(params, data.boundary)[:, 0] - data.boundary_u
-    r_ic = apply(params, data.initial)[:, 0] - data.initial_u
-    weigh = lambda w, r: jnp.sqrt(w / r.size) * r
-    return (weigh(1 - lam, r_pde), weigh(lam, r_bc), weigh(lam, r_ic))
+  pde = lambda params, points: heat_residual(apply, params, points, alpha)
+  value = lambda params, points: apply(params, points)[:, 0]
 
-  return trncg_jax.LeastSquares(residuals)
+  def weigh(w, n, r):
+    return optax.tree.scale(jnp.sqrt(w / n), r)
+
+  def residuals(params, data: Collocation):
+    weights = _heat_weights(data, lam)
+    return (
+      weigh(*weights[0], pde(params, data.interior)),
+      weigh(*weights[1], value(params, data.boundary) - data.boundary_u),
+      weigh(*weights[2], value(params, data.initial) - data.initial_u),
+    )
+
+  def jacobian(params, data: Collocation):
+    weights = _heat_weights(data, lam)
+    return (
+      weigh(*weights[0], per_point_jacobian(pde, params, data.interior)),
+      weigh(*weights[1], per_point_jacobian(value, params, data.boundary)),
+      weigh(*weights[2], per_point_jacobian(value, params, data.initial)),
+    )
+
+  return trncg_jax.LeastSquares(residuals, jacobian)
+
+
+def _heat_weights(data: Collocation, lam: float):
+  """(weight, count) of the PDE, boundary and initial terms."""
+  return (
+    (1 - lam, data.interior.shape[0]),
+    (lam, data.boundary.shape[0]),
+    (lam, data.initial.shape[0]),
+  )
 
 
 def heat_fd_reference(

@@ -4,12 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize
 
 import trncg_jax
 from trncg_jax import dense
 from trncg_jax.status import CGStatus
 from trncg_jax.trust_region import (
   DENSE_MAX_ENTRIES,
+  DENSE_MAX_FLOPS,
   DENSE_MAX_PARAMS,
   TRNCGHyperparams,
   uses_dense_solver,
@@ -83,6 +85,98 @@ def test_fewer_residuals_than_params_give_the_minimum_norm_step(jacobian):
     res.step, np.linalg.lstsq(jac, -r)[0], rtol=1e-10, atol=1e-12
   )
   assert CGStatus(int(res.status)) == CGStatus.CONVERGED
+
+
+def _damped_reference(jac, y, x, radius):
+  """The Levenberg-Marquardt point ``-(B + lam I)^-1 g`` whose norm in
+  ``A = B + mu I`` is ``radius``, with ``lam`` by SciPy's ``brentq``."""
+  r = jac @ x - y
+  g, b = 2 * jac.T @ r, 2 * jac.T @ jac
+  mu = dense.DAMPING_FLOOR_ULPS * np.finfo(float).eps * np.trace(b)
+  a, eye = b + mu * np.eye(len(x)), np.eye(len(x))
+  point = lambda log_lam: -np.linalg.solve(b + np.exp(log_lam) * eye, g)
+  excess = lambda log_lam: np.sqrt(point(log_lam) @ a @ point(log_lam)) - radius
+  p = point(scipy.optimize.brentq(excess, np.log(mu), np.log(mu) + 200))
+  return p, -(g @ p + 0.5 * p @ b @ p)
+
+
+@pytest.mark.parametrize("n, p", [(12, 5), (5, 12)], ids=["P", "N"])
+def test_tiny_cut_takes_the_levenberg_marquardt_point(n, p):
+  """The region cuts the Gauss-Newton step below DAMPED_BELOW of its length:
+  the step is the damped point on the boundary (both systems)."""
+  jac, y, loss = _linear_problem(n, p, seed=4)
+  x = jnp.asarray(np.linspace(-1, 1, p))
+  grad = jax.grad(loss)(x)
+  full = dense.dense_gauss_newton(loss, x, grad, jnp.asarray(1e6), 0.0)
+  radius = 0.1 * dense.DAMPED_BELOW * float(full.step_norm)
+  res = dense.dense_gauss_newton(loss, x, grad, jnp.asarray(radius), 0.0)
+  step, predicted = _damped_reference(jac, y, np.asarray(x), radius)
+  assert CGStatus(int(res.status)) == CGStatus.DAMPED
+  np.testing.assert_allclose(res.step, step, rtol=1e-7)
+  np.testing.assert_allclose(res.predicted_reduction, predicted, rtol=1e-7)
+  np.testing.assert_allclose(res.step_norm, radius, rtol=1e-12)
+  # This small, the damped point is along -g, and the cut step is not.
+  cosine = lambda u: -(u @ grad) / np.linalg.norm(u) / np.linalg.norm(grad)
+  assert cosine(res.step) > 0.9999 > 0.99 > cosine(np.asarray(full.step))
+
+
+def test_damped_mode_keeps_the_gauss_newton_step_when_it_is_better():
+  """After a damped step, the Gauss-Newton step cut to ``tau >=
+  DAMPED_BELOW`` is kept when it lowers the loss more: on a linear least
+  squares problem it minimizes the loss over the region, so it always is."""
+  jac, y, loss = _linear_problem(12, 5, seed=5)
+  x = jnp.asarray(np.linspace(-1, 1, 5))
+  grad = jax.grad(loss)(x)
+  radius = jnp.asarray(0.3)
+  undamped = dense.dense_gauss_newton(loss, x, grad, radius, 0.0)
+  res = dense.dense_gauss_newton(loss, x, grad, radius, 0.0, True)
+  assert CGStatus(int(res.status)) == CGStatus.HIT_BOUNDARY
+  np.testing.assert_allclose(res.step, undamped.step, rtol=1e-12)
+  np.testing.assert_allclose(
+    res.step, _reference(jac, y, np.asarray(x), 0.3, 0.0)[0], rtol=1e-9
+  )
+
+
+def test_damped_steps_leave_a_start_where_the_gauss_newton_step_stalls(
+  monkeypatch,
+):
+  """A 2-16-1 Poisson PINN from a start where the Gauss-Newton direction is
+  poor: with the damped step switched off the loss stays at its initial 46
+  for 300 iterations (every step cut to ~1e-7 of its length)."""
+  rng = np.random.default_rng(0)
+  interior = jnp.asarray(rng.uniform(0, 1, (200, 2)))
+  s = rng.uniform(0, 1, 40)
+  zeros, ones = np.zeros(10), np.ones(10)
+  boundary = jnp.asarray(
+    np.stack([np.r_[s[:20], zeros, ones], np.r_[zeros, ones, s[20:]]], 1)
+  )
+  keys = jax.random.split(jax.random.key(0), 2)
+  params = {
+    "w": jax.random.normal(keys[0], (2, 16)),
+    "b": jnp.zeros(16),
+    "v": jax.random.normal(keys[1], (16,)) / 4,
+  }
+  net = lambda q, z: jnp.tanh(z @ q["w"] + q["b"]) @ q["v"]
+  source = lambda z: 2 * jnp.pi**2 * jnp.prod(jnp.sin(jnp.pi * z), -1)
+
+  def residuals(q):
+    laplacian = jax.vmap(lambda z: jnp.trace(jax.hessian(net, 1)(q, z)))
+    return (
+      (laplacian(interior) + source(interior)) / np.sqrt(len(interior)),
+      net(q, boundary) / np.sqrt(len(boundary)),
+    )
+
+  loss = trncg_jax.LeastSquares(residuals)
+  run = lambda: trncg_jax.solve(
+    loss,
+    params,
+    max_steps=300,
+    optimizer=trncg_jax.trncg(hvp_mode="gauss_newton"),
+  )
+  initial = float(loss(params))
+  assert float(run().history["loss"][-1]) < 0.1 * initial
+  monkeypatch.setattr(dense, "DAMPED_BELOW", 0.0)
+  assert float(run().history["loss"][-1]) > 0.9 * initial
 
 
 def test_jacobian_fn_in_the_layout_of_jacrev_for_pytrees():
@@ -219,27 +313,28 @@ def test_auto_selects_dense_for_small_gauss_newton_only():
   )
 
 
-def test_auto_selects_dense_for_few_residuals_with_a_jacobian_fn():
-  """Many params, few residuals: dense only when J is cheap (a
-  ``jacobian_fn``) and not too large."""
+def test_auto_selects_dense_when_j_is_cheap_and_small():
+  """With a ``jacobian_fn``, dense while forming ``2 J^T J`` (or ``2 J J^T``)
+  costs at most DENSE_MAX_FLOPS, at any P; without one, only up to
+  DENSE_MAX_PARAMS; never beyond DENSE_MAX_ENTRIES entries of J."""
   gn = TRNCGHyperparams(hvp_mode="gauss_newton")
-  params = jnp.zeros(DENSE_MAX_PARAMS + 1)
-  residuals = lambda n: lambda x: x[:n]
+  residuals = lambda n: lambda x: jnp.resize(x, n)
   jacobian = lambda n: lambda x: jnp.eye(n, x.size)
-  few, many = 100, DENSE_MAX_PARAMS + 1
-  assert uses_dense_solver(
-    gn, params, trncg_jax.LeastSquares(residuals(few), jacobian(few))
+  dense_for = lambda n, p, jac=True: uses_dense_solver(
+    gn,
+    jnp.zeros(p),
+    trncg_jax.LeastSquares(residuals(n), jacobian(n) if jac else None),
   )
-  assert not uses_dense_solver(
-    gn, params, trncg_jax.LeastSquares(residuals(few))
-  )
-  assert not uses_dense_solver(
-    gn, params, trncg_jax.LeastSquares(residuals(many), jacobian(many))
-  )
-  huge = jnp.zeros(DENSE_MAX_ENTRIES // few + 1)
-  assert not uses_dense_solver(
-    gn, huge, trncg_jax.LeastSquares(residuals(few), jacobian(few))
-  )
+  many = DENSE_MAX_PARAMS + 1
+  assert dense_for(100, many) and not dense_for(100, many, jac=False)
+  assert dense_for(100, 10, jac=False)
+  # The heat PINN at 10,000 points: 2,521 params, 6.4e10 multiply-adds.
+  assert dense_for(10_000, 2_521) and not dense_for(10_000, 2_521, jac=False)
+  side = int(round(DENSE_MAX_FLOPS ** (1 / 3)))  # N = P = m at the bound
+  assert dense_for(side, side) and not dense_for(side + 1, side + 1)
+  few = 10
+  assert not dense_for(few, DENSE_MAX_ENTRIES // few + 1)
+  assert not dense_for(DENSE_MAX_ENTRIES // few + 1, few, jac=False)
 
 
 @pytest.mark.parametrize(

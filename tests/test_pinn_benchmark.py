@@ -25,18 +25,25 @@ def test_poisson_parameter_counts_and_exact_solution():
   assert on_edge.any(axis=1).all()
 
 
-def test_poisson_jacobian_by_per_point_gradients_equals_jacrev():
+@pytest.mark.parametrize("problem", ["poisson", "heat"])
+def test_jacobian_by_per_point_gradients_equals_jacrev(problem):
   import jax
   import jax.numpy as jnp
 
-  apply, params = P.init_mlp((2, 5, 1), 0, jnp.float64)
-  data = P.poisson_data(n_interior=9, n_boundary=4, n_test=1)
-  loss = P.poisson_loss_fn(apply)
-  args = (params, data.interior, data.boundary)
+  if problem == "poisson":
+    apply, params = P.init_mlp((2, 5, 1), 0, jnp.float64)
+    data = P.poisson_data(n_interior=9, n_boundary=4, n_test=1)
+    loss, args = P.poisson_loss_fn(apply), (data.interior, data.boundary)
+  else:
+    apply, params = P.init_mlp((3, 5, 1), 0, jnp.float64)
+    loss, args = (
+      P.heat_loss_fn(apply),
+      (P.heat_collocation(20, seed=1, dtype=jnp.float64),),
+    )
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14),
-    loss.jacobian_fn(*args),
-    jax.jacrev(loss.residual_fn)(*args),
+    loss.jacobian_fn(params, *args),
+    jax.jacrev(loss.residual_fn)(params, *args),
   )
 
 

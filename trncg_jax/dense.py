@@ -21,7 +21,10 @@ Gauss-Newton direction, as in energy natural gradient descent (ENGD), with a
 length set by the trust region instead of a line search. The Euclidean region
 of CG-Steihaug instead bends the step towards the stiff directions, which on
 PINNs kept the radius at the edge of a ping-pong of accepted and rejected
-steps.
+steps. Where the Gauss-Newton direction is poor, the region would shrink
+until its step is a sliver (:data:`DAMPED_BELOW`); there the step is the
+Levenberg-Marquardt point on the boundary instead, which turns towards the
+gradient (``CGStatus.DAMPED``).
 """
 
 from __future__ import annotations
@@ -35,12 +38,20 @@ from jax.flatten_util import ravel_pytree
 from trncg_jax._checks import norm_exponent, scale_tree
 from trncg_jax.hvp import jaxprs_in
 from trncg_jax.least_squares import LeastSquares, check_residuals
-from trncg_jax.status import CGStatus
+from trncg_jax.status import CGStatus, first_true
 from trncg_jax.steihaug import SteihaugResult
 
 #: The floor of ``mu`` in ulps of ``tr(B)``: the best of 1, 10 and 100 on a
 #: PINN (docs/benchmarks.md, "How the defaults were chosen").
 DAMPING_FLOOR_ULPS = 10.0
+
+#: The Gauss-Newton step cut by the region to less than this fraction of its
+#: length switches to the Levenberg-Marquardt point (``CGStatus.DAMPED``).
+#: At such a cut the direction is poor, not the length: at the start of the
+#: discontinuous heat PINN the region shrank to 1e-9 of the step, where every
+#: step gained 1e-9 of the loss with rho ~ 0.7 and the radius never grew. On
+#: Poisson PINNs the smallest cut over 3,000 iterations was 6e-6.
+DAMPED_BELOW = 1e-5
 
 #: Working memory of one batch of the JVPs that form ``J``: the batch size is
 #: this over the bytes of one JVP's intermediates, counted in its jaxpr. A
@@ -120,8 +131,19 @@ def dense_gauss_newton(
   grad: Any,
   radius: jax.Array,
   damping: jax.Array,
+  damped: jax.Array = False,
 ) -> SteihaugResult:
   """Solves the Gauss-Newton subproblem exactly in the norm of ``A``.
+
+  The step is ``tau d``: a smaller region shortens it but never turns it.
+  When the region cuts it below :data:`DAMPED_BELOW` of its length, or the
+  last step was damped, the Levenberg-Marquardt point
+  ``p = -(B + lambda I)^-1 g``, ``lambda >= mu`` with ``||p||_A = Delta``,
+  which turns towards ``-g`` as the region shrinks, is a second candidate
+  (one eigendecomposition, and ``loss`` at both trial points). It is the step
+  unless ``tau >= DAMPED_BELOW`` and ``tau d`` gives the lower loss. So
+  damped steps grow the region until the Gauss-Newton step wins again, and
+  the two do not alternate at the threshold.
 
   Args:
     loss: a :class:`trncg_jax.LeastSquares` of params alone.
@@ -132,14 +154,15 @@ def dense_gauss_newton(
     damping: ``mu`` relative to the mean curvature ``tr(B) / P``. ``mu`` is
       floored at ``10 eps tr(B)``, so that the Cholesky factor of ``A``
       exists in the working precision (``cond(A) <= 1 / (10 eps)``).
+    damped: whether the last step was the damped one (``CGStatus.DAMPED``).
 
   Returns:
     A :class:`trncg_jax.steihaug.SteihaugResult`: ``predicted_reduction`` of the
     Gauss-Newton model (with ``B``, not ``A``), ``step_norm = ||p||_A``,
     ``steps = P`` (the JVPs that form ``J`` without a ``jacobian_fn``),
     ``status`` ``CONVERGED`` for the full step, ``HIT_BOUNDARY`` when
-    shortened, ``NON_FINITE`` (with a zero step) when ``J`` or the
-    factorization is not finite.
+    shortened, ``DAMPED`` for the Levenberg-Marquardt point, ``NON_FINITE``
+    (with a zero step) when ``J`` or the factorization is not finite.
 
   References:
     Nocedal & Wright, *Numerical Optimization*, 2nd ed., Section 4.3 (the
@@ -170,30 +193,72 @@ def dense_gauss_newton(
   )
   if in_residual_space:
     r = ravel_pytree(loss.residual_fn(params))[0].astype(dtype)
-    d = -jac_t @ jax.scipy.linalg.cho_solve(
-      factor, 2.0 * scale_tree(r, -exponent)
-    )
+    rhs = 2.0 * scale_tree(r, -exponent)
+    to_params = lambda y: -jac_t @ y  # p = -J^T (2 J J^T + lam I)^-1 2r
   else:
-    d = -jax.scipy.linalg.cho_solve(factor, g)
+    rhs, to_params = g, lambda y: -y
+  d = to_params(jax.scipy.linalg.cho_solve(factor, rhs))
   d_norm_sq = -(g @ d)  # ||d||_A^2, in scaled units
   finite = jnp.all(jnp.isfinite(d)) & (d_norm_sq > 0)
   d_norm = scale_tree(jnp.sqrt(jnp.where(finite, d_norm_sq, 1.0)), exponent)
   tau = jnp.where(finite, jnp.minimum(1.0, radius / d_norm), 0.0)
-  step = tau * jnp.where(finite, d, 0.0)
+  gauss_newton = tau * jnp.where(finite, d, 0.0)
+
+  def damped_step():
+    eigenvalues, vectors = jnp.linalg.eigh(curvature)
+    eigenvalues = jnp.maximum(eigenvalues, 0.0)
+    c = vectors.T @ rhs
+    # ||p(lam)||_A^2 = sum_i weight_i / (lambda_i + lam)^2, decreasing in lam.
+    weight = c**2 * (
+      eigenvalues * (eigenvalues + mu) / 2.0
+      if in_residual_space
+      else eigenvalues + mu
+    )
+    target = scale_tree(radius, -exponent)
+    lam = bisect_decreasing(
+      lambda lam: jnp.sqrt(jnp.sum(weight / (eigenvalues + lam) ** 2)),
+      target,
+      mu,
+      jnp.maximum(mu, jnp.sqrt(jnp.sum(weight)) / target),
+    )
+    p = to_params(vectors @ (c / (eigenvalues + lam)))
+    value = lambda step: loss(jax.tree.map(jnp.add, params, unravel(step)))
+    keep = (tau >= DAMPED_BELOW) & ~(value(p) < value(gauss_newton))
+    return jnp.where(keep, gauss_newton, p), ~keep
+
+  step, is_damped = jax.lax.cond(
+    finite & (tau < 1) & (damped | (tau < DAMPED_BELOW)),
+    damped_step,
+    lambda: (gauss_newton, jnp.asarray(False)),
+  )
   jp = jac_t.T @ step
   predicted = -(g @ step) - jp @ jp  # -(g.p + p.B.p / 2), B = 2 J^T J
-  exit_code = jnp.where(
-    ~finite,
-    CGStatus.NON_FINITE,
-    jnp.where(tau < 1, CGStatus.HIT_BOUNDARY, CGStatus.CONVERGED),
+  exit_code = first_true(
+    [~finite, is_damped, tau < 1],
+    [CGStatus.NON_FINITE, CGStatus.DAMPED, CGStatus.HIT_BOUNDARY],
+    CGStatus.CONVERGED,
   )
   return SteihaugResult(
     step=unravel(step.astype(dtype)),
     predicted_reduction=scale_tree(
       scale_tree(predicted, exponent), exponent
     ).astype(dtype),
-    step_norm=(tau * d_norm).astype(dtype),
+    step_norm=jnp.where(finite, jnp.minimum(d_norm, radius), 0.0).astype(dtype),
     steps=jnp.asarray(size, jnp.int32),
-    status=exit_code.astype(jnp.int32),
+    status=exit_code,
     residual_norm=jnp.zeros((), dtype),
   )
+
+
+def bisect_decreasing(fun, target, lo, hi, iterations: int = 64):
+  """``x`` in ``[lo, hi]`` with ``fun(x) <= target``, ``fun`` decreasing
+  and ``fun(hi) <= target``: bisection in ``log x`` (``0 < lo <= hi``), whose
+  64 halvings resolve any bracket of floats to rounding."""
+
+  def halve(_, bracket):
+    lo, hi = bracket
+    mid = jnp.sqrt(lo * hi)
+    above = fun(mid) > target
+    return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+  return jax.lax.fori_loop(0, iterations, halve, (lo, hi))[1]

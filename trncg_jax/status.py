@@ -83,6 +83,16 @@ class CGStatus(Status):
       "regions."
     ),
   )
+  DAMPED = (
+    5,
+    (
+      "Dense Gauss-Newton solver only: the step is the Levenberg-Marquardt "
+      "point on the region's boundary, because the Gauss-Newton step would "
+      "have been cut to a tiny fraction of its length (its direction is "
+      "poor here; common at the start of a PINN). Normal; the solver returns "
+      "to the Gauss-Newton step once that reduces the loss more."
+    ),
+  )
 
 
 class StepStatus(Status):

@@ -68,15 +68,21 @@ STEP_ULPS = 4.0
 CG, DENSE, AUTO = "cg", "dense", "auto"
 SOLVERS = (CG, DENSE, AUTO)
 #: The largest number of params for which ``solver="auto"`` solves the
-#: Gauss-Newton subproblem densely: a Cholesky factorization of 2048^2 costs
-#: about 3e9 flops (a fraction of a second on 2 CPU cores), and the Jacobian
-#: 2048 JVPs, the order of what a few hundred CG steps of HVPs cost. With a
-#: ``LeastSquares(jacobian_fn=...)`` the bound is on ``min(N, P)``, the size
-#: of the factorization, and :data:`DENSE_MAX_ENTRIES` bounds ``N P``.
+#: Gauss-Newton subproblem densely from ``P`` JVPs (no ``jacobian_fn``): a
+#: Cholesky factorization of 2048^2 costs about 3e9 flops (a fraction of a
+#: second on 2 CPU cores), and the Jacobian 2048 JVPs, the order of what a few
+#: hundred CG steps of HVPs cost.
 DENSE_MAX_PARAMS = 2048
-#: The most entries of ``J`` that ``solver="auto"`` forms from a
-#: ``jacobian_fn``: 2^27, 1 GiB in float64.
+#: The most entries of ``J`` that ``solver="auto"`` forms: 2^27, 1 GiB in
+#: float64.
 DENSE_MAX_ENTRIES = 2**27
+#: With a ``jacobian_fn`` (``J`` costs about one gradient), the most
+#: multiply-adds of forming ``2 J^T J`` or ``2 J J^T``, ``N P min(N, P)``,
+#: for which ``solver="auto"`` takes the dense step: 2^36, which admits the
+#: heat PINN at 10,000 points and 2,521 params (6.4e10, 3.5 s per iteration
+#: on 2 CPU cores, where it beat CG-Steihaug's accuracy 20-fold in a sixth of
+#: the time: docs/benchmarks.md, "How the defaults were chosen").
+DENSE_MAX_FLOPS = 2**36
 
 
 @jax.tree_util.register_dataclass
@@ -146,10 +152,10 @@ class TRNCGHyperparams:
       ``B + mu I``, a region in function space
       (:func:`trncg_jax.dense.dense_gauss_newton`); memory ``N P + m^2`` and
       time ``max(N, P) m^2`` per iteration, ``m = min(N, P)``. ``"auto"`` (the
-      default): ``"dense"`` for Gauss-Newton without a preconditioner on at
-      most :data:`DENSE_MAX_PARAMS` params, or on at most that many
-      residuals when the loss has a ``jacobian_fn`` (and ``N P`` at most
-      :data:`DENSE_MAX_ENTRIES`); ``"cg"`` otherwise.
+      default): ``"dense"`` for Gauss-Newton without a preconditioner when
+      ``N P`` is at most :data:`DENSE_MAX_ENTRIES` and either ``P`` is at
+      most :data:`DENSE_MAX_PARAMS` or the loss has a ``jacobian_fn`` and
+      ``N P m`` is at most :data:`DENSE_MAX_FLOPS`; ``"cg"`` otherwise.
     dense_damping: ``mu`` of ``solver="dense"`` relative to the mean
       curvature ``tr(B) / P``: ``0`` by default, which leaves the floor ``mu =
       10 eps tr(B)`` that keeps the Cholesky factor finite. The Gauss-Newton
@@ -373,16 +379,16 @@ def uses_dense_solver(
   if hyperparams.hvp_mode != hvp_lib.GAUSS_NEWTON or hyperparams.nystrom_rank:
     return False
   n_params = sum(jnp.size(x) for x in jax.tree.leaves(params))
-  if n_params <= DENSE_MAX_PARAMS:
-    return True
-  if getattr(loss, "jacobian_fn", None) is None:
-    return False
+  if not isinstance(loss, LeastSquares):  # no residuals to count
+    return n_params <= DENSE_MAX_PARAMS
   residuals = jax.eval_shape(loss.residual_fn, params)
   n_residuals = sum(r.size for r in jax.tree.leaves(residuals))
-  return (
-    n_residuals <= DENSE_MAX_PARAMS
-    and n_residuals * n_params <= DENSE_MAX_ENTRIES
-  )
+  if n_residuals * n_params > DENSE_MAX_ENTRIES:
+    return False
+  if loss.jacobian_fn is None:
+    return n_params <= DENSE_MAX_PARAMS
+  m = min(n_residuals, n_params)
+  return n_residuals * n_params * m <= DENSE_MAX_FLOPS
 
 
 #: The hyperparameters of Boyd & Tanadi (2025), for reproducing the paper:
@@ -682,7 +688,12 @@ def trust_region_step(
     preconditioner = factors.preconditioner(grad)
   if dense:
     cg = dense_gauss_newton(
-      curvature_fun, params, grad, radius, hp.dense_damping
+      curvature_fun,
+      params,
+      grad,
+      radius,
+      hp.dense_damping,
+      state.info.cg_status == CGStatus.DAMPED,
     )
   else:
     cg = cg_steihaug(
