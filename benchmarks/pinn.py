@@ -23,6 +23,9 @@ of ``trncg_jax.solve`` calls, so the error is recorded along the way.
 
 Writes ``pinn.json``, ``pinn.md``, ``pinn_error_time.png`` and
 ``pinn_error_iterations.png`` to ``--out`` (default ``results/latest/pinn``).
+``--optimizers`` picks runs by name (``adam`` picks all three learning
+rates); with ``--update`` the other runs are kept from ``--out``'s
+``pinn.json``, so one variant can be rerun without the others' hours.
 """
 
 from __future__ import annotations
@@ -156,13 +159,20 @@ def error_at(trace: dict, seconds: float) -> float:
   return trace["error"][max(k, 0)]
 
 
+def selected(opt_name: str, only: tuple) -> bool:
+  """Whether ``--optimizers`` picks ``opt_name``: by its name, or ``adam``
+  for every learning rate; all of them when ``only`` is empty."""
+  family = opt_name.split("_")[0] if opt_name.startswith("adam_") else None
+  return not only or opt_name in only or family in only
+
+
 def run_problem(
   name: str, budget: Budget, progress: bool, only: tuple = ()
 ) -> dict:
   loss, params, args, error_fn, metric = setup(name, budget)
   runs = {}
   for opt_name, optimizer in optimizers().items():
-    if only and not any(opt_name.startswith(o) for o in only):
+    if not selected(opt_name, only):
       continue
     # The iteration cap is trncg's; the others fill the time budget.
     capped = (
@@ -271,6 +281,20 @@ def plot(results: list[dict], out: pathlib.Path) -> None:
     save(fig, out / fname, legend_below(fig))
 
 
+def updated(old: list[dict], new: list[dict]) -> tuple[list[dict], str]:
+  """``old`` with ``new``'s runs in place of those of the same name (new
+  problems appended), and the names of the runs kept from ``old``."""
+  fresh = {r["problem"]: r for r in new}
+  kept, results = [], []
+  for r in old:
+    if r["problem"] in fresh:
+      runs = fresh.pop(r["problem"])["runs"]
+      kept += [f"{r['problem']}/{k}" for k in r["runs"] if k not in runs]
+      r = dict(r, runs=dict(r["runs"], **runs))
+    results.append(r)
+  return results + list(fresh.values()), ", ".join(kept)
+
+
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument(
@@ -285,7 +309,13 @@ def main(argv=None) -> list[dict]:
     "--optimizers",
     nargs="+",
     default=(),
-    help="run only these (prefixes of trncg_gn, trncg_gn_cg, lbfgs, adam)",
+    choices=["trncg_gn", "trncg_gn_cg", "lbfgs", "adam"],
+    help="run only these (adam: its three learning rates)",
+  )
+  parser.add_argument(
+    "--update",
+    action="store_true",
+    help="keep the other optimizers' runs from --out's pinn.json",
   )
   parser.add_argument("--out", default="results/latest/pinn")
   parser.add_argument("--no-progress", action="store_true")
@@ -303,6 +333,11 @@ def main(argv=None) -> list[dict]:
   ]
   title = "PINN suite" + (" (--quick)" if args.quick else "")
   lines = header(title, "pinn", argv)
+  if args.update:
+    results, kept = updated(
+      json.loads((out / "pinn.json").read_text()), results
+    )
+    lines.append(f"Kept from the earlier run: {kept or 'none'}.")
   lines.append(f"{math.ceil((time.time() - start) / 60)} min in all.")
   head = "\n".join(lines)
   (out / "pinn.json").write_text(json.dumps(results, indent=1))

@@ -57,6 +57,7 @@ SECTIONS = (
       "results/pinn_poisson_257/pinn.md",
       "results/pinn_poisson_9873/pinn.md",
       "results/pinn_heat_smooth/pinn.md",
+      "results/pinn_heat/pinn.md",
     ),
   ),
   Section(

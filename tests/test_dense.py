@@ -100,21 +100,33 @@ def _damped_reference(jac, y, x, radius):
   return p, -(g @ p + 0.5 * p @ b @ p)
 
 
+def _searched(candidate, jac, y, x, radius):
+  """Of ``candidate(radius * s)`` over ``dense.SEARCH_SCALES``, the one with
+  the lowest loss ``||J (x + p) - y||^2`` (NumPy), and its radius."""
+  loss = lambda p: np.sum((jac @ (x + p) - y) ** 2)
+  radii = [radius * s for s in dense.SEARCH_SCALES]
+  best = min(radii, key=lambda r: loss(candidate(jac, y, x, r)[0]))
+  return candidate(jac, y, x, best), best
+
+
 @pytest.mark.parametrize("n, p", [(12, 5), (5, 12)], ids=["P", "N"])
 def test_tiny_cut_takes_the_levenberg_marquardt_point(n, p):
   """The region cuts the Gauss-Newton step below DAMPED_BELOW of its length:
-  the step is the damped point on the boundary (both systems)."""
+  the step is the damped point on the boundary (both systems), at the radius
+  of SEARCH_SCALES that gives the lowest loss."""
   jac, y, loss = _linear_problem(n, p, seed=4)
   x = jnp.asarray(np.linspace(-1, 1, p))
   grad = jax.grad(loss)(x)
   full = dense.dense_gauss_newton(loss, x, grad, jnp.asarray(1e6), 0.0)
   radius = 0.1 * dense.DAMPED_BELOW * float(full.step_norm)
   res = dense.dense_gauss_newton(loss, x, grad, jnp.asarray(radius), 0.0)
-  step, predicted = _damped_reference(jac, y, np.asarray(x), radius)
+  (step, predicted), best = _searched(
+    _damped_reference, jac, y, np.asarray(x), radius
+  )
   assert CGStatus(int(res.status)) == CGStatus.DAMPED
   np.testing.assert_allclose(res.step, step, rtol=1e-7)
   np.testing.assert_allclose(res.predicted_reduction, predicted, rtol=1e-7)
-  np.testing.assert_allclose(res.step_norm, radius, rtol=1e-12)
+  np.testing.assert_allclose(res.step_norm, best, rtol=1e-12)
   # This small, the damped point is along -g, and the cut step is not.
   cosine = lambda u: -(u @ grad) / np.linalg.norm(u) / np.linalg.norm(grad)
   assert cosine(res.step) > 0.9999 > 0.99 > cosine(np.asarray(full.step))
@@ -122,19 +134,26 @@ def test_tiny_cut_takes_the_levenberg_marquardt_point(n, p):
 
 def test_damped_mode_keeps_the_gauss_newton_step_when_it_is_better():
   """After a damped step, the Gauss-Newton step cut to ``tau >=
-  DAMPED_BELOW`` is kept when it lowers the loss more: on a linear least
-  squares problem it minimizes the loss over the region, so it always is."""
+  DAMPED_BELOW`` is kept when it lowers the loss more, at its best radius of
+  SEARCH_SCALES: on a linear least squares problem it minimizes the loss
+  over the region, so it always is. Without a damped step before, the step
+  is cut to the radius itself."""
   jac, y, loss = _linear_problem(12, 5, seed=5)
   x = jnp.asarray(np.linspace(-1, 1, 5))
   grad = jax.grad(loss)(x)
-  radius = jnp.asarray(0.3)
+  radius = jnp.asarray(0.1)
+  reference = lambda jac, y, x, r: _reference(jac, y, x, r, 0.0)
   undamped = dense.dense_gauss_newton(loss, x, grad, radius, 0.0)
-  res = dense.dense_gauss_newton(loss, x, grad, radius, 0.0, True)
-  assert CGStatus(int(res.status)) == CGStatus.HIT_BOUNDARY
-  np.testing.assert_allclose(res.step, undamped.step, rtol=1e-12)
   np.testing.assert_allclose(
-    res.step, _reference(jac, y, np.asarray(x), 0.3, 0.0)[0], rtol=1e-9
+    undamped.step, reference(jac, y, np.asarray(x), 0.1)[0], rtol=1e-9
   )
+  res = dense.dense_gauss_newton(loss, x, grad, radius, 0.0, True)
+  (step, _, _), best = _searched(reference, jac, y, np.asarray(x), 0.1)
+  assert CGStatus(int(res.status)) == CGStatus.HIT_BOUNDARY
+  np.testing.assert_allclose(res.step, step, rtol=1e-9)
+  np.testing.assert_allclose(res.step_norm, best, rtol=1e-9)
+  full = dense.dense_gauss_newton(loss, x, grad, jnp.asarray(1e6), 0.0)
+  assert 0.1 < best < float(full.step_norm)  # past the radius, still cut
 
 
 def test_damped_steps_leave_a_start_where_the_gauss_newton_step_stalls(
@@ -362,3 +381,24 @@ def test_dense_needs_least_squares_loss():
       max_steps=2,
       optimizer=trncg_jax.trncg(hvp_mode="gauss_newton", solver="dense"),
     )
+
+
+def test_the_region_follows_the_searched_radius():
+  """A damped step taken at ``4 Delta`` (the best of SEARCH_SCALES on a linear
+  problem, where rho = 1) expands the region from ``4 Delta``, not from
+  ``Delta``: 8 Delta next."""
+  _, _, loss = _linear_problem(12, 5, seed=6)
+  x = jnp.asarray(np.linspace(-1, 1, 5))
+  full = dense.dense_gauss_newton(
+    loss, x, jax.grad(loss)(x), jnp.asarray(1e6), 0.0
+  )
+  radius = 1e-7 * float(full.step_norm)
+  state = trncg_jax.trncg_init(
+    x, hvp_mode="gauss_newton", solver="dense", initial_radius=radius
+  )
+  x, state = trncg_jax.trncg_update(x, state, loss)
+  assert CGStatus(int(state.info.cg_status)) == CGStatus.DAMPED
+  assert bool(state.info.accepted)
+  np.testing.assert_allclose(state.info.rho, 1.0, rtol=1e-6)
+  np.testing.assert_allclose(state.info.radius, 4 * radius, rtol=1e-12)
+  np.testing.assert_allclose(state.radius, 8 * radius, rtol=1e-12)

@@ -61,18 +61,9 @@ def test_quick_run_writes_results(tmp_path, monkeypatch):
     for k, b in pinn.QUICK.items()
   }
   monkeypatch.setattr(pinn, "QUICK", tiny)
-  results = pinn.main(
-    [
-      "--quick",
-      "--problems",
-      "poisson_257",
-      "--no-progress",
-      "--optimizers",
-      "trncg_gn",
-      "--out",
-      str(tmp_path),
-    ]
-  )
+  argv = ["--quick", "--problems", "poisson_257", "--no-progress"]
+  argv += ["--out", str(tmp_path), "--optimizers"]
+  results = pinn.main(argv + ["trncg_gn", "trncg_gn_cg"])
   runs = results[0]["runs"]
   assert set(runs) == {"trncg_gn", "trncg_gn_cg"}
   for run in runs.values():
@@ -84,6 +75,30 @@ def test_quick_run_writes_results(tmp_path, monkeypatch):
   assert "published: ENGD" in (tmp_path / "pinn.md").read_text()
   for png in ("pinn_error_time.png", "pinn_error_iterations.png"):
     assert (tmp_path / png).stat().st_size > 10_000
+  # --update reruns one optimizer (by its exact name, not a prefix of the
+  # other) and keeps the other's run from pinn.json.
+  monkeypatch.setattr(
+    pinn,
+    "QUICK",
+    {k: dataclasses.replace(b, max_steps=20) for k, b in tiny.items()},
+  )
+  again = pinn.main(argv + ["trncg_gn", "--update"])[0]["runs"]
+  assert again["trncg_gn"]["steps"][-1] == 20
+  assert again["trncg_gn_cg"] == saved[0]["runs"]["trncg_gn_cg"]
+  assert json.loads((tmp_path / "pinn.json").read_text())[0]["runs"] == again
+  assert (
+    "Kept from the earlier run: poisson_257/trncg_gn_cg."
+    in (tmp_path / "pinn.md").read_text()
+  )
+
+
+def test_optimizers_are_picked_by_name_and_adam_by_family():
+  names = list(pinn.optimizers())
+  assert [n for n in names if pinn.selected(n, ("trncg_gn",))] == ["trncg_gn"]
+  assert [n for n in names if pinn.selected(n, ("adam",))] == [
+    f"adam_{lr:g}" for lr in pinn.ADAM_LEARNING_RATES
+  ]
+  assert all(pinn.selected(n, ()) for n in names)
 
 
 def test_baselines_fill_the_iteration_budget_and_record_errors():

@@ -24,7 +24,8 @@ PINNs kept the radius at the edge of a ping-pong of accepted and rejected
 steps. Where the Gauss-Newton direction is poor, the region would shrink
 until its step is a sliver (:data:`DAMPED_BELOW`); there the step is the
 Levenberg-Marquardt point on the boundary instead, which turns towards the
-gradient (``CGStatus.DAMPED``).
+gradient (``CGStatus.DAMPED``), tried at a few radii around the region's
+(:data:`SEARCH_SCALES`), of which the lowest loss wins.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 from trncg_jax._checks import norm_exponent, scale_tree
@@ -52,6 +54,15 @@ DAMPING_FLOOR_ULPS = 10.0
 #: step gained 1e-9 of the loss with rho ~ 0.7 and the radius never grew. On
 #: Poisson PINNs the smallest cut over 3,000 iterations was 6e-6.
 DAMPED_BELOW = 1e-5
+
+#: Radii, in units of the trust radius, at which the damped step (and, for
+#: the comparison, the Gauss-Newton step) is tried; the lowest loss wins, and
+#: the region goes on from its radius. One damped step spans the factor of 16
+#: that a rejection (1/4) and two expansions (2 each) would take three steps
+#: for: on the discontinuous heat PINN a third of the steps were rejected
+#: without it, and none of 71 damped steps with it (docs/benchmarks.md, "How
+#: the defaults were chosen").
+SEARCH_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 #: Working memory of one batch of the JVPs that form ``J``: the batch size is
 #: this over the bytes of one JVP's intermediates, counted in its jaxpr. A
@@ -137,13 +148,16 @@ def dense_gauss_newton(
 
   The step is ``tau d``: a smaller region shortens it but never turns it.
   When the region cuts it below :data:`DAMPED_BELOW` of its length, or the
-  last step was damped, the Levenberg-Marquardt point
-  ``p = -(B + lambda I)^-1 g``, ``lambda >= mu`` with ``||p||_A = Delta``,
-  which turns towards ``-g`` as the region shrinks, is a second candidate
-  (one eigendecomposition, and ``loss`` at both trial points). It is the step
-  unless ``tau >= DAMPED_BELOW`` and ``tau d`` gives the lower loss. So
-  damped steps grow the region until the Gauss-Newton step wins again, and
-  the two do not alternate at the threshold.
+  last step was damped (and ``tau < 1``), the candidates are, for each
+  ``s`` in :data:`SEARCH_SCALES`, the Levenberg-Marquardt point
+  ``p = -(B + lambda I)^-1 g``, ``lambda >= mu`` with ``||p||_A = s Delta``,
+  which turns towards ``-g`` as the region shrinks, and ``d`` cut to
+  ``s Delta`` (one eigendecomposition, and ten values of ``loss`` in two
+  vectorized calls). The damped point with the lowest loss is the step,
+  unless ``tau >= DAMPED_BELOW`` and a cut Gauss-Newton step gives a lower
+  loss still (then the best of those). So damped steps grow the region until
+  the Gauss-Newton step wins again, and the two do not alternate at the
+  threshold.
 
   Args:
     loss: a :class:`trncg_jax.LeastSquares` of params alone.
@@ -159,7 +173,8 @@ def dense_gauss_newton(
   Returns:
     A :class:`trncg_jax.steihaug.SteihaugResult`: ``predicted_reduction`` of the
     Gauss-Newton model (with ``B``, not ``A``), ``step_norm = ||p||_A``,
-    ``steps = P`` (the JVPs that form ``J`` without a ``jacobian_fn``),
+    which is the radius of the step taken (the trust region goes on from
+    it), ``steps = P`` (the JVPs that form ``J`` without a ``jacobian_fn``),
     ``status`` ``CONVERGED`` for the full step, ``HIT_BOUNDARY`` when
     shortened, ``DAMPED`` for the Levenberg-Marquardt point, ``NON_FINITE``
     (with a zero step) when ``J`` or the factorization is not finite.
@@ -200,9 +215,10 @@ def dense_gauss_newton(
   d = to_params(jax.scipy.linalg.cho_solve(factor, rhs))
   d_norm_sq = -(g @ d)  # ||d||_A^2, in scaled units
   finite = jnp.all(jnp.isfinite(d)) & (d_norm_sq > 0)
+  d = jnp.where(finite, d, 0.0)
   d_norm = scale_tree(jnp.sqrt(jnp.where(finite, d_norm_sq, 1.0)), exponent)
   tau = jnp.where(finite, jnp.minimum(1.0, radius / d_norm), 0.0)
-  gauss_newton = tau * jnp.where(finite, d, 0.0)
+  gauss_newton = (tau * d, jnp.asarray(False), tau * d_norm)
 
   def damped_step():
     eigenvalues, vectors = jnp.linalg.eigh(curvature)
@@ -214,27 +230,39 @@ def dense_gauss_newton(
       if in_residual_space
       else eigenvalues + mu
     )
-    target = scale_tree(radius, -exponent)
-    lam = bisect_decreasing(
-      lambda lam: jnp.sqrt(jnp.sum(weight / (eigenvalues + lam) ** 2)),
-      target,
-      mu,
-      jnp.maximum(mu, jnp.sqrt(jnp.sum(weight)) / target),
+    norm_at = lambda lam: jnp.sqrt(jnp.sum(weight / (eigenvalues + lam) ** 2))
+    # The region sets the scale, the loss picks the length: the damped
+    # point at each of SEARCH_SCALES times the radius, one loss value each.
+    radii = jnp.asarray(SEARCH_SCALES, dtype) * radius
+    targets = scale_tree(radii, -exponent)
+    lams = jax.vmap(
+      lambda t: bisect_decreasing(
+        norm_at, t, mu, jnp.maximum(mu, jnp.sqrt(jnp.sum(weight)) / t)
+      )
+    )(targets)
+    points = to_params(vectors @ (c[:, None] / (eigenvalues[:, None] + lams))).T
+    values = values_at(loss, params, unravel, points)
+    k = jnp.argmin(values)
+    # The Gauss-Newton step over the same radii, for a fair choice.
+    taus = jnp.minimum(1.0, radii / d_norm)
+    gn_values = values_at(loss, params, unravel, taus[:, None] * d)
+    j = jnp.argmin(gn_values)
+    keep = (tau >= DAMPED_BELOW) & ~(values[k] < gn_values[j])
+    gauss_newton = (taus[j] * d, jnp.asarray(False), taus[j] * d_norm)
+    damped = (points[k], jnp.asarray(True), radii[k])
+    return jax.tree.map(
+      lambda a, b: jnp.where(keep, a, b), gauss_newton, damped
     )
-    p = to_params(vectors @ (c / (eigenvalues + lam)))
-    value = lambda step: loss(jax.tree.map(jnp.add, params, unravel(step)))
-    keep = (tau >= DAMPED_BELOW) & ~(value(p) < value(gauss_newton))
-    return jnp.where(keep, gauss_newton, p), ~keep
 
-  step, is_damped = jax.lax.cond(
+  step, is_damped, step_norm = jax.lax.cond(
     finite & (tau < 1) & (damped | (tau < DAMPED_BELOW)),
     damped_step,
-    lambda: (gauss_newton, jnp.asarray(False)),
+    lambda: gauss_newton,
   )
   jp = jac_t.T @ step
   predicted = -(g @ step) - jp @ jp  # -(g.p + p.B.p / 2), B = 2 J^T J
   exit_code = first_true(
-    [~finite, is_damped, tau < 1],
+    [~finite, is_damped, step_norm < d_norm],
     [CGStatus.NON_FINITE, CGStatus.DAMPED, CGStatus.HIT_BOUNDARY],
     CGStatus.CONVERGED,
   )
@@ -243,11 +271,19 @@ def dense_gauss_newton(
     predicted_reduction=scale_tree(
       scale_tree(predicted, exponent), exponent
     ).astype(dtype),
-    step_norm=jnp.where(finite, jnp.minimum(d_norm, radius), 0.0).astype(dtype),
+    step_norm=jnp.where(finite, step_norm, 0.0).astype(dtype),
     steps=jnp.asarray(size, jnp.int32),
     status=exit_code,
     residual_norm=jnp.zeros((), dtype),
   )
+
+
+def values_at(loss, params, unravel, steps: jax.Array) -> jax.Array:
+  """``loss`` at ``params`` plus each row of ``steps`` (raveled), in one
+  vectorized call; ``inf`` where it is not finite, so that ``argmin`` never
+  picks a NaN."""
+  values = jax.vmap(lambda s: loss(optax.tree.add(params, unravel(s))))(steps)
+  return jnp.where(jnp.isfinite(values), values, jnp.inf)
 
 
 def bisect_decreasing(fun, target, lo, hi, iterations: int = 64):

@@ -695,6 +695,13 @@ def trust_region_step(
       hp.dense_damping,
       state.info.cg_status == CGStatus.DAMPED,
     )
+    # The dense step searched radii around Delta: the region is the one
+    # whose step was taken.
+    radius = jnp.where(
+      (cg.status == CGStatus.HIT_BOUNDARY) | (cg.status == CGStatus.DAMPED),
+      cg.step_norm,
+      radius,
+    )
   else:
     cg = cg_steihaug(
       grad, hvp, radius, tol, hp.max_cg_steps, preconditioner, rtol
