@@ -162,8 +162,8 @@ def error_at(trace: dict, seconds: float) -> float:
 def selected(opt_name: str, only: tuple) -> bool:
   """Whether ``--optimizers`` picks ``opt_name``: by its name, or ``adam``
   for every learning rate; all of them when ``only`` is empty."""
-  family = opt_name.split("_")[0] if opt_name.startswith("adam_") else None
-  return not only or opt_name in only or family in only
+  adam = "adam" in only and opt_name.startswith("adam_")
+  return not only or opt_name in only or adam
 
 
 def run_problem(
@@ -323,6 +323,11 @@ def main(argv=None) -> list[dict]:
   jax.config.update("jax_enable_x64", True)  # every problem is float64
   budgets = QUICK if args.quick else FULL
   out = pathlib.Path(args.out)
+  # Read before the runs, so that a missing file does not cost their hours.
+  earlier = out / "pinn.json"
+  if args.update and not earlier.exists():
+    parser.error(f"--update needs an earlier run's {earlier}")
+  earlier = json.loads(earlier.read_text()) if args.update else None
   out.mkdir(parents=True, exist_ok=True)
   start = time.time()
   results = [
@@ -334,9 +339,7 @@ def main(argv=None) -> list[dict]:
   title = "PINN suite" + (" (--quick)" if args.quick else "")
   lines = header(title, "pinn", argv)
   if args.update:
-    results, kept = updated(
-      json.loads((out / "pinn.json").read_text()), results
-    )
+    results, kept = updated(earlier, results)
     lines.append(f"Kept from the earlier run: {kept or 'none'}.")
   lines.append(f"{math.ceil((time.time() - start) / 60)} min in all.")
   head = "\n".join(lines)

@@ -92,6 +92,18 @@ def test_quick_run_writes_results(tmp_path, monkeypatch):
   )
 
 
+def test_update_without_an_earlier_run_stops_before_running(
+  tmp_path, monkeypatch, capsys
+):
+  def run_problem(*args, **kwargs):
+    raise AssertionError("ran before checking --update's pinn.json")
+
+  monkeypatch.setattr(pinn, "run_problem", run_problem)
+  with pytest.raises(SystemExit):
+    pinn.main(["--quick", "--update", "--out", str(tmp_path / "none")])
+  assert "--update needs an earlier run's" in capsys.readouterr().err
+
+
 def test_optimizers_are_picked_by_name_and_adam_by_family():
   names = list(pinn.optimizers())
   assert [n for n in names if pinn.selected(n, ("trncg_gn",))] == ["trncg_gn"]

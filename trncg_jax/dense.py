@@ -271,7 +271,7 @@ def dense_gauss_newton(
     predicted_reduction=scale_tree(
       scale_tree(predicted, exponent), exponent
     ).astype(dtype),
-    step_norm=jnp.where(finite, step_norm, 0.0).astype(dtype),
+    step_norm=step_norm.astype(dtype),  # 0 when not finite: tau = 0
     steps=jnp.asarray(size, jnp.int32),
     status=exit_code,
     residual_norm=jnp.zeros((), dtype),
