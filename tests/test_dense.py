@@ -7,7 +7,7 @@ import pytest
 import scipy.optimize
 
 import trncg_jax
-from trncg_jax import dense
+from trncg_jax import dense, trust_region
 from trncg_jax.status import CGStatus
 from trncg_jax.trust_region import (
   DENSE_MAX_ENTRIES,
@@ -161,7 +161,7 @@ def test_damped_steps_leave_a_start_where_the_gauss_newton_step_stalls(
 ):
   """The PINN guide's 2-16-1 Poisson example, whose Gauss-Newton direction
   is poor at the start: with the damped step switched off, the loss stays
-  within 10% of its initial value for 300 iterations."""
+  above half its initial value for 300 iterations."""
   rng = np.random.default_rng(0)
   interior = jnp.asarray(rng.uniform(0, 1, (200, 2)))
   s = rng.uniform(0, 1, 40)
@@ -195,7 +195,9 @@ def test_damped_steps_leave_a_start_where_the_gauss_newton_step_stalls(
   initial = float(loss(params))
   assert float(run().history["loss"][-1]) < 0.1 * initial
   monkeypatch.setattr(dense, "DAMPED_BELOW", 0.0)
-  assert float(run().history["loss"][-1]) > 0.9 * initial
+  # Retried within the iteration, the slivers still gain 10% (0.90 of the
+  # initial loss after 300 iterations).
+  assert float(run().history["loss"][-1]) > 0.5 * initial
 
 
 def test_jacobian_fn_in_the_layout_of_jacrev_for_pytrees():
@@ -402,3 +404,34 @@ def test_the_region_follows_the_searched_radius():
   np.testing.assert_allclose(state.info.rho, 1.0, rtol=1e-6)
   np.testing.assert_allclose(state.info.radius, 4 * radius, rtol=1e-12)
   np.testing.assert_allclose(state.radius, 8 * radius, rtol=1e-12)
+
+
+def test_a_rejected_step_is_retried_within_the_iteration(monkeypatch):
+  """Rosenbrock as least squares from (-1.2, 1), where the full Gauss-Newton
+  step is rejected: the accepted points are those of one try per iteration
+  (``DENSE_TRIALS = 1``, each rejection an iteration of its own), and
+  ``info.trials`` counts the iterations that the retries replace."""
+  loss = trncg_jax.LeastSquares(
+    lambda x: jnp.stack([10 * (x[1] - x[0] ** 2), 1 - x[0]])
+  )
+  start = jnp.asarray([-1.2, 1.0])
+
+  def accepted_points(iterations):
+    x = start
+    state = trncg_jax.trncg_init(
+      x, hvp_mode="gauss_newton", solver="dense", initial_radius=1e3
+    )
+    points, trials = [], 0
+    for _ in range(iterations):
+      x, state = trncg_jax.trncg_update(x, state, loss)
+      trials += int(state.info.trials)
+      if bool(state.info.accepted):
+        points.append(np.asarray(x))
+    return np.array(points), trials
+
+  retried, trials = accepted_points(6)
+  assert trials > 6  # some iterations retried a rejected step
+  monkeypatch.setattr(trust_region, "DENSE_TRIALS", 1)
+  single, iterations = accepted_points(trials)
+  assert iterations == trials
+  np.testing.assert_allclose(single[: len(retried)], retried, rtol=1e-12)

@@ -30,7 +30,7 @@ gradient (``CGStatus.DAMPED``), tried at a few radii around the region's
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -144,7 +144,8 @@ def dense_gauss_newton(
   damping: jax.Array,
   damped: jax.Array = False,
 ) -> SteihaugResult:
-  """Solves the Gauss-Newton subproblem exactly in the norm of ``A``.
+  """Solves the Gauss-Newton subproblem exactly in the norm of ``A``:
+  ``dense_solver(loss, params, grad, damping)(radius, damped)``.
 
   The step is ``tau d``: a smaller region shortens it but never turns it.
   When the region cuts it below :data:`DAMPED_BELOW` of its length, or the
@@ -186,6 +187,17 @@ def dense_gauss_newton(
     Mueller & Zeinhofer, "Achieving high accuracy with PINNs via energy
     natural gradient descent", ICML 2023.
   """
+  return dense_solver(loss, params, grad, damping)(radius, damped)
+
+
+def dense_solver(
+  loss: LeastSquares, params: Any, grad: Any, damping: jax.Array
+) -> Callable[[jax.Array, jax.Array], SteihaugResult]:
+  """The factorization of :func:`dense_gauss_newton` at ``params``, once:
+  returns ``solve(radius, damped)``, whose calls cost a product with ``J``
+  and, in damped mode, an eigendecomposition and ten loss values, so that a
+  rejected step can be tried again at a smaller radius without forming
+  ``J`` again."""
   flat_grad, unravel = ravel_pytree(grad)
   dtype = flat_grad.dtype
   jac_t = residual_jacobian(loss, params).astype(dtype)
@@ -217,10 +229,34 @@ def dense_gauss_newton(
   finite = jnp.all(jnp.isfinite(d)) & (d_norm_sq > 0)
   d = jnp.where(finite, d, 0.0)
   d_norm = scale_tree(jnp.sqrt(jnp.where(finite, d_norm_sq, 1.0)), exponent)
-  tau = jnp.where(finite, jnp.minimum(1.0, radius / d_norm), 0.0)
-  gauss_newton = (tau * d, jnp.asarray(False), tau * d_norm)
 
-  def damped_step():
+  def solve(radius: jax.Array, damped: jax.Array) -> SteihaugResult:
+    tau = jnp.where(finite, jnp.minimum(1.0, radius / d_norm), 0.0)
+    gauss_newton = (tau * d, jnp.asarray(False), tau * d_norm)
+    step, is_damped, step_norm = jax.lax.cond(
+      finite & (tau < 1) & (damped | (tau < DAMPED_BELOW)),
+      lambda: damped_step(radius, tau),
+      lambda: gauss_newton,
+    )
+    jp = jac_t.T @ step
+    predicted = -(g @ step) - jp @ jp  # -(g.p + p.B.p / 2), B = 2 J^T J
+    exit_code = first_true(
+      [~finite, is_damped, step_norm < d_norm],
+      [CGStatus.NON_FINITE, CGStatus.DAMPED, CGStatus.HIT_BOUNDARY],
+      CGStatus.CONVERGED,
+    )
+    return SteihaugResult(
+      step=unravel(step.astype(dtype)),
+      predicted_reduction=scale_tree(
+        scale_tree(predicted, exponent), exponent
+      ).astype(dtype),
+      step_norm=step_norm.astype(dtype),  # 0 when not finite: tau = 0
+      steps=jnp.asarray(size, jnp.int32),
+      status=exit_code,
+      residual_norm=jnp.zeros((), dtype),
+    )
+
+  def damped_step(radius, tau):
     eigenvalues, vectors = jnp.linalg.eigh(curvature)
     eigenvalues = jnp.maximum(eigenvalues, 0.0)
     c = vectors.T @ rhs
@@ -254,28 +290,7 @@ def dense_gauss_newton(
       lambda a, b: jnp.where(keep, a, b), gauss_newton, damped
     )
 
-  step, is_damped, step_norm = jax.lax.cond(
-    finite & (tau < 1) & (damped | (tau < DAMPED_BELOW)),
-    damped_step,
-    lambda: gauss_newton,
-  )
-  jp = jac_t.T @ step
-  predicted = -(g @ step) - jp @ jp  # -(g.p + p.B.p / 2), B = 2 J^T J
-  exit_code = first_true(
-    [~finite, is_damped, step_norm < d_norm],
-    [CGStatus.NON_FINITE, CGStatus.DAMPED, CGStatus.HIT_BOUNDARY],
-    CGStatus.CONVERGED,
-  )
-  return SteihaugResult(
-    step=unravel(step.astype(dtype)),
-    predicted_reduction=scale_tree(
-      scale_tree(predicted, exponent), exponent
-    ).astype(dtype),
-    step_norm=step_norm.astype(dtype),  # 0 when not finite: tau = 0
-    steps=jnp.asarray(size, jnp.int32),
-    status=exit_code,
-    residual_norm=jnp.zeros((), dtype),
-  )
+  return solve
 
 
 def values_at(loss, params, unravel, steps: jax.Array) -> jax.Array:

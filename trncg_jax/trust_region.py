@@ -13,7 +13,10 @@ gradient ``g`` already known:
    that the difference of two sums loses; the step is accepted when ``rho >
    eta`` and the trial value and gradient are finite;
 4. ``Delta`` shrinks when ``rho < 1/4`` and grows (up to ``max_radius``) when
-   ``rho > 3/4`` and the step reached the boundary.
+   ``rho > 3/4`` and the step reached the boundary;
+5. with the dense solver, a rejected step is tried again at the shrunk
+   radius from the same factorization, up to :data:`DENSE_TRIALS` times in
+   the iteration (``info.trials``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from trncg_jax._checks import (
   tree_equal,
   tree_within,
 )
-from trncg_jax.dense import dense_gauss_newton
+from trncg_jax.dense import dense_solver
 from trncg_jax.least_squares import (
   LeastSquares,
   reduction,
@@ -83,6 +86,12 @@ DENSE_MAX_ENTRIES = 2**27
 #: on 2 CPU cores, where it beat CG-Steihaug's accuracy 20-fold in a sixth of
 #: the time: docs/benchmarks.md, "How the defaults were chosen").
 DENSE_MAX_FLOPS = 2**36
+#: The most trial steps of one dense iteration (see :func:`trust_region_step`).
+#: At the shrink factor 1/4, 16 tries span 4^-16 ~ 2e-10 of the radius: the
+#: Gauss-Newton step cut to DAMPED_BELOW = 1e-5 from the full step takes 9,
+#: and on the discontinuous heat PINN every chain of rejections ended there.
+#: A try costs a gradient, against P JVPs or a Jacobian for the factorization.
+DENSE_TRIALS = 16
 
 
 @jax.tree_util.register_dataclass
@@ -426,6 +435,9 @@ class TRNCGInfo(NamedTuple):
     cg_status: a :class:`trncg_jax.CGStatus`.
     accepted: whether params moved.
     status: a :class:`StepStatus`.
+    trials: the trial points evaluated, each one value and gradient: 1, or
+      up to :data:`DENSE_TRIALS` with the dense solver, which tries a
+      rejected step again at the shrunk radius within the iteration.
     aux: with ``has_aux``, the loss's aux output at the params returned by
       this update (the accepted point); ``None`` otherwise.
   """
@@ -442,7 +454,26 @@ class TRNCGInfo(NamedTuple):
   cg_status: jax.Array
   accepted: jax.Array
   status: jax.Array
+  trials: jax.Array
   aux: Any = None
+
+
+class Attempt(NamedTuple):
+  """One trial step of :func:`trust_region_step` and its verdict."""
+
+  cg: Any  # the subproblem's SteihaugResult
+  radius: jax.Array  # the region the step was taken in
+  trial: Any  # params + step
+  value: jax.Array  # the loss there
+  grad: Any
+  grad_norm: jax.Array
+  aux: Any
+  actual_reduction: jax.Array
+  rho: jax.Array
+  new_radius: jax.Array
+  accepted: jax.Array
+  status: jax.Array  # a StepStatus
+  trials: jax.Array  # attempts so far in this iteration
 
 
 class TRNCGState(NamedTuple):
@@ -554,6 +585,7 @@ def init_state(
     cg_status=jnp.asarray(CGStatus.CONVERGED, jnp.int32),
     accepted=jnp.asarray(False),
     status=jnp.asarray(StepStatus.ACCEPTED, jnp.int32),
+    trials=jnp.zeros((), jnp.int32),
     aux=aux,
   )
   state = TRNCGState(
@@ -687,127 +719,165 @@ def trust_region_step(
     sketch_hvps = jnp.where(refresh, hp.nystrom_rank, 0)
     preconditioner = factors.preconditioner(grad)
   if dense:
-    cg = dense_gauss_newton(
-      curvature_fun,
-      params,
-      grad,
-      radius,
-      hp.dense_damping,
-      state.info.cg_status == CGStatus.DAMPED,
-    )
-    # The dense step searched radii around Delta: the region is the one
-    # whose step was taken.
-    radius = jnp.where(
-      (cg.status == CGStatus.HIT_BOUNDARY) | (cg.status == CGStatus.DAMPED),
-      cg.step_norm,
-      radius,
-    )
+    solve = dense_solver(curvature_fun, params, grad, hp.dense_damping)
   else:
-    cg = cg_steihaug(
+    solve = lambda radius, _: cg_steihaug(
       grad, hvp, radius, tol, hp.max_cg_steps, preconditioner, rtol
     )
-  trial = optax.tree.add(params, cg.step)
-  if isinstance(fun, LeastSquares) and not hp.has_aux:
-    # f - f(x + p) term by term: near a minimum the difference of the two
-    # sums is their round-off. The residuals at params cost one forward pass
-    # (XLA can share it with the curvature's linearization there).
-    trial_value, trial_grad, trial_residuals = value_grad_residuals(fun, trial)
-    trial_value, trial_aux = jnp.asarray(trial_value, dtype), None
-    actual = reduction(fun.residual_fn(params), trial_residuals)
-  else:
-    trial_value, trial_grad, trial_aux = evaluate(
-      fun, trial, dtype, hp.has_aux, state.info.aux
+  least_squares = isinstance(fun, LeastSquares) and not hp.has_aux
+  # One forward pass, outside the retries (XLA can share it with the
+  # curvature's linearization).
+  residuals = fun.residual_fn(params) if least_squares else None
+
+  def attempt(radius: jax.Array, damped: jax.Array, trials) -> Attempt:
+    cg = solve(radius, damped)
+    if dense:
+      # The dense step searched radii around Delta: the region is the one
+      # whose step was taken.
+      radius = jnp.where(
+        (cg.status == CGStatus.HIT_BOUNDARY) | (cg.status == CGStatus.DAMPED),
+        cg.step_norm,
+        radius,
+      )
+    trial = optax.tree.add(params, cg.step)
+    if least_squares:
+      # f - f(x + p) term by term: near a minimum the difference of the two
+      # sums is their round-off.
+      trial_value, trial_grad, trial_residuals = value_grad_residuals(
+        fun, trial
+      )
+      trial_value, trial_aux = jnp.asarray(trial_value, dtype), None
+      actual = reduction(residuals, trial_residuals)
+    else:
+      trial_value, trial_grad, trial_aux = evaluate(
+        fun, trial, dtype, hp.has_aux, state.info.aux
+      )
+      actual = value - trial_value
+    trial_grad_norm = safe_norm(trial_grad).astype(dtype)
+    trial_finite = jnp.isfinite(trial_value) & jnp.isfinite(trial_grad_norm)
+    predicted = cg.predicted_reduction
+    # Round-off safeguard (Conn, Gould & Toint, Section 17.4.2): both
+    # reductions within a few ulps of |f| are noise and count as agreement,
+    # so steps near the minimizer are not rejected for round-off.
+    delta = ROUND_OFF_ULPS * jnp.finfo(dtype).eps * jnp.abs(value)
+    defined = (predicted > 0) & jnp.isfinite(actual) & trial_finite
+    rho = jnp.where(
+      defined,
+      (actual + delta) / jnp.where(defined, predicted + delta, 1.0),
+      -jnp.inf,
+    ).astype(dtype)
+    stationary = (cg.steps == 0) & current_finite
+    interior = (cg.status == CGStatus.CONVERGED) | (
+      cg.status == CGStatus.MAX_STEPS
     )
-    actual = value - trial_value
-  trial_grad_norm = safe_norm(trial_grad).astype(dtype)
-  trial_finite = jnp.isfinite(trial_value) & jnp.isfinite(trial_grad_norm)
-  predicted = cg.predicted_reduction
-  # Round-off safeguard (Conn, Gould & Toint, Section 17.4.2): both
-  # reductions within a few ulps of |f| are noise and count as agreement, so
-  # steps near the minimizer are not rejected for round-off.
-  delta = ROUND_OFF_ULPS * jnp.finfo(dtype).eps * jnp.abs(value)
-  defined = (predicted > 0) & jnp.isfinite(actual) & trial_finite
-  rho = jnp.where(
-    defined,
-    (actual + delta) / jnp.where(defined, predicted + delta, 1.0),
-    -jnp.inf,
-  ).astype(dtype)
-  stationary = (cg.steps == 0) & current_finite
-  interior = (cg.status == CGStatus.CONVERGED) | (
-    cg.status == CGStatus.MAX_STEPS
-  )
-  on_boundary = ~interior  # NEGATIVE_CURVATURE, HIT_BOUNDARY or NON_FINITE
-  # Nothing is left to win at this precision (a bounded stop, not idling):
-  # the step is lost in the round-off of params; or the region has shrunk
-  # until its step moves no coordinate by more than STEP_ULPS ulps (a loss
-  # whose round-off exceeds ulps of |f|, a sum that cancels, can go on
-  # accepting such steps for ever: CUTEst's PENALTY3); or the model's own
-  # minimizer gains less than f can resolve and the gradient did not shrink
-  # either. While it shrinks, Newton steps below f's resolution still improve
-  # x, and the safeguarded rho accepts them.
-  step_rtol = jnp.where(on_boundary, STEP_ULPS * jnp.finfo(dtype).eps, 0.0)
-  precision_limit = (
-    current_finite
-    & ~stationary
-    & (
-      tree_within(trial, params, step_rtol.astype(dtype))
-      | (
-        interior
-        & (predicted <= jnp.finfo(dtype).eps * jnp.abs(value))
-        & ~(trial_grad_norm < grad_norm)
+    on_boundary = ~interior  # NEGATIVE_CURVATURE, HIT_BOUNDARY or NON_FINITE
+    # Nothing is left to win at this precision (a bounded stop, not idling):
+    # the step is lost in the round-off of params; or the region has shrunk
+    # until its step moves no coordinate by more than STEP_ULPS ulps (a loss
+    # whose round-off exceeds ulps of |f|, a sum that cancels, can go on
+    # accepting such steps for ever: CUTEst's PENALTY3); or the model's own
+    # minimizer gains less than f can resolve and the gradient did not
+    # shrink either. While it shrinks, Newton steps below f's resolution
+    # still improve x, and the safeguarded rho accepts them.
+    step_rtol = jnp.where(on_boundary, STEP_ULPS * jnp.finfo(dtype).eps, 0.0)
+    precision_limit = (
+      current_finite
+      & ~stationary
+      & (
+        tree_within(trial, params, step_rtol.astype(dtype))
+        | (
+          interior
+          & (predicted <= jnp.finfo(dtype).eps * jnp.abs(value))
+          & ~(trial_grad_norm < grad_norm)
+        )
       )
     )
-  )
-  accepted = current_finite & ~stationary & (rho > hp.eta)
-  new_radius = jnp.where(
-    rho < hp.shrink_threshold,
-    hp.shrink_factor * radius,
-    jnp.where(
-      (rho > hp.expand_threshold) & on_boundary,
-      jnp.minimum(hp.expand_factor * radius, hp.max_radius),
+    accepted = current_finite & ~stationary & (rho > hp.eta)
+    new_radius = jnp.where(
+      rho < hp.shrink_threshold,
+      hp.shrink_factor * radius,
+      jnp.where(
+        (rho > hp.expand_threshold) & on_boundary,
+        jnp.minimum(hp.expand_factor * radius, hp.max_radius),
+        radius,
+      ),
+    )
+    new_radius = jnp.where(current_finite & ~stationary, new_radius, radius)
+    status = first_true(
+      [~current_finite, stationary, precision_limit, accepted, ~trial_finite],
+      [
+        StepStatus.NON_FINITE_CURRENT,
+        StepStatus.STATIONARY,
+        StepStatus.PRECISION_LIMIT,
+        StepStatus.ACCEPTED,
+        StepStatus.NON_FINITE_TRIAL,
+      ],
+      StepStatus.REJECTED,
+    )
+    return Attempt(
+      cg,
       radius,
-    ),
-  )
-  new_radius = jnp.where(current_finite & ~stationary, new_radius, radius)
+      trial,
+      trial_value,
+      trial_grad,
+      trial_grad_norm,
+      trial_aux,
+      actual.astype(dtype),
+      rho,
+      new_radius.astype(dtype),
+      accepted,
+      status,
+      jnp.asarray(trials, jnp.int32),
+    )
 
+  last = attempt(radius, state.info.cg_status == CGStatus.DAMPED, 1)
+  if dense:
+    # A rejected step is tried again at the shrunk radius from the same
+    # factorization, within the iteration (the inner loop of MINPACK's
+    # lmder: More 1978, pp. 105-116): a retry costs one gradient, not P JVPs
+    # or a Jacobian. The steps are those that as many iterations would take.
+    last = jax.lax.while_loop(
+      lambda a: (
+        (
+          (a.status == StepStatus.REJECTED)
+          | (a.status == StepStatus.NON_FINITE_TRIAL)
+        )
+        & (a.trials < DENSE_TRIALS)
+      ),
+      lambda a: attempt(
+        a.new_radius, a.cg.status == CGStatus.DAMPED, a.trials + 1
+      ),
+      last,
+    )
+  cg, accepted = last.cg, last.accepted
   updates = optax.tree.where(accepted, cg.step, optax.tree.zeros_like(cg.step))
-  new_value = jnp.where(accepted, trial_value, value)
-  new_grad = optax.tree.where(accepted, trial_grad, grad)
-  status = first_true(
-    [~current_finite, stationary, precision_limit, accepted, ~trial_finite],
-    [
-      StepStatus.NON_FINITE_CURRENT,
-      StepStatus.STATIONARY,
-      StepStatus.PRECISION_LIMIT,
-      StepStatus.ACCEPTED,
-      StepStatus.NON_FINITE_TRIAL,
-    ],
-    StepStatus.REJECTED,
-  )
+  new_value = jnp.where(accepted, last.value, value)
+  new_grad = optax.tree.where(accepted, last.grad, grad)
   info = TRNCGInfo(
     loss=new_value,
-    grad_norm=jnp.where(accepted, trial_grad_norm, grad_norm),
-    radius=radius,
-    rho=rho,
-    actual_reduction=actual.astype(dtype),
-    predicted_reduction=predicted.astype(dtype),
+    grad_norm=jnp.where(accepted, last.grad_norm, grad_norm),
+    radius=last.radius,
+    rho=last.rho,
+    actual_reduction=last.actual_reduction,
+    predicted_reduction=cg.predicted_reduction,
     step_norm=cg.step_norm,
     cg_steps=cg.steps,
     hvps=cg.steps + sketch_hvps,
     cg_status=cg.status,
     accepted=accepted,
-    status=status,
-    aux=optax.tree.where(accepted, trial_aux, aux),
+    status=last.status,
+    trials=last.trials,
+    aux=optax.tree.where(accepted, last.aux, aux),
   )
   new_state = TRNCGState(
     count=state.count + 1,
     value=new_value,
     grad=new_grad,
-    radius=new_radius.astype(dtype),
+    radius=last.new_radius,
     hyperparams=hp,
     info=info,
     nystrom=factors,
-    point=optax.tree.where(accepted, trial, params),
+    point=optax.tree.where(accepted, last.trial, params),
     last_step=cg.step if hp.nystrom_rank else None,
   )
   return updates, new_state
