@@ -69,6 +69,18 @@ def work_counts(history: dict, num_steps: int) -> tuple[int, int]:
   return 1 + num_steps, 0  # adam
 
 
+def steps_that_fit(steps: int, seconds_left: float, per_step: float) -> int:
+  """``steps``, or the largest power of two of steps below it that the
+  budget's ``seconds_left`` still holds at ``per_step`` seconds a step (one
+  at least): the last calls shrink instead of overrunning the budget by a
+  whole call, and their sizes, each one compile, are at most ``log2(steps)``
+  more."""
+  fit = seconds_left / max(per_step, 1e-12)
+  if fit >= steps:
+    return steps
+  return 2 ** max(0, math.floor(math.log2(max(fit, 1.0))))
+
+
 def run_for(
   seconds: float,
   loss: Callable,
@@ -92,7 +104,10 @@ def run_for(
   The run is a chain of ``trncg_jax.solve`` calls of ``chunk`` steps each,
   every call one compiled loop. With ``chunk=None`` the first call makes one
   step, and its time sizes the rest to about ``records`` calls in all (one
-  size, so one compile).
+  size, so one compile). Near the end of the budget the calls shrink to what
+  it still holds at the last call's time per step
+  (:func:`steps_that_fit`), so a run overruns by about one step, not one
+  call.
 
   Args:
     seconds: the run-time budget.
@@ -132,13 +147,20 @@ def run_for(
   while res is None or (
     trace["seconds"][-1] < seconds and trace["steps"][-1] < max_steps
   ):
+    steps = min(size, max_steps - trace["steps"][-1])
+    if res is not None and timed:
+      steps = steps_that_fit(
+        steps,
+        seconds - trace["seconds"][-1],
+        res.run_seconds / max(res.num_steps, 1),
+      )
     res = trncg_jax.solve(
       loss,
       params,
       *args,
       optimizer=optimizer,
       state=state,
-      max_steps=min(size, max_steps - trace["steps"][-1]),
+      max_steps=steps,
       progress=progress and not timed,
       desc=desc,
       **tols,

@@ -219,6 +219,42 @@ def test_run_for_chains_calls_into_one_run():
   assert len(trace["steps"]) in (4, 5)
 
 
+def test_the_last_calls_shrink_to_what_the_budget_holds(monkeypatch):
+  """A call of 64 steps at 1 s a step with 10 s left would overrun by 54 s:
+  it shrinks to 8 steps (the largest power of two that fits), never below 1,
+  and stays 64 while the budget holds it. ``run_for`` sizes every call after
+  the first by it, with a finite budget only."""
+  import trncg_jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  from benchmarks.common import steps_that_fit  # pylint: disable=g-import-not-at-top
+
+  assert steps_that_fit(64, 100.0, 1.0) == 64
+  assert steps_that_fit(64, 64.0, 1.0) == 64
+  assert steps_that_fit(64, 10.0, 1.0) == 8
+  assert steps_that_fit(64, 31.9, 1.0) == 16
+  assert steps_that_fit(64, 0.5, 1.0) == 1
+  assert steps_that_fit(64, -3.0, 1.0) == 1
+  assert steps_that_fit(5, 4.5, 1.0) == 4
+  loss = lambda x: jnp.sum((x - 1.0) ** 4)
+  asked = []
+  monkeypatch.setattr(
+    common, "steps_that_fit", lambda n, left, per: asked.append(left) or 2
+  )
+  run = lambda seconds: common.run_for(
+    seconds,
+    loss,
+    jnp.zeros(3),
+    (),
+    trncg_jax.trncg(),
+    chunk=4,
+    max_steps=12,
+    grad_tol=0,
+    loss_tol=0,
+  )[1]["steps"]
+  assert run(1e9) == [0, 4, 6, 8, 10, 12] and 0 < asked[0] < 1e9
+  assert run(float("inf")) == [0, 4, 8, 12]
+
+
 def test_report_header_names_date_machine_and_command():
   from benchmarks.common import header  # pylint: disable=g-import-not-at-top
 
