@@ -82,9 +82,10 @@ DENSE_MAX_ENTRIES = 2**27
 #: With a ``jacobian_fn`` (``J`` costs about one gradient), the most
 #: multiply-adds of forming ``2 J^T J`` or ``2 J J^T``, ``N P min(N, P)``,
 #: for which ``solver="auto"`` takes the dense step: 2^36, which admits the
-#: heat PINN at 10,000 points and 2,521 params (6.4e10, 3.5 s per iteration
-#: on 2 CPU cores, where it beat CG-Steihaug's accuracy 20-fold in a sixth of
-#: the time: docs/benchmarks.md, "How the defaults were chosen").
+#: heat PINN at 10,000 points and 2,521 params (6.4e10; a Gauss-Newton step
+#: takes 1.1 s on 2 CPU cores, 3.5 s when it beat CG-Steihaug's accuracy
+#: 20-fold in a sixth of the time: docs/benchmarks.md, "How the defaults were
+#: chosen").
 DENSE_MAX_FLOPS = 2**36
 #: The most trial steps of one dense iteration (see :func:`trust_region_step`).
 #: At the shrink factor 1/4, 16 tries span 4^-16 ~ 2e-10 of the radius: the
