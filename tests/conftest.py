@@ -2,8 +2,24 @@
 
 float32 behaviour is tested with explicitly float32 arrays. The README and the
 doctests run in subprocesses (see test_docs.py), so they see JAX's defaults.
+
+One persistent XLA compilation cache serves the session and the processes it
+starts: the heat notebook compiles the same programs as the tiny paper run
+(the notebook took 147 s without it, 110 s with it, on 2 cores).
 """
 
-import jax
+import atexit
+import os
+import shutil
+import tempfile
+
+_cache = tempfile.mkdtemp(prefix="trncg-jax-xla-cache-")
+atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+# Read by JAX at import, here and in the subprocesses, which inherit them.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
