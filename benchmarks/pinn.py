@@ -26,6 +26,12 @@ Writes ``pinn.json``, ``pinn.md``, ``pinn_error_time.png`` and
 ``--optimizers`` picks runs by name (``adam`` picks all three learning
 rates); with ``--update`` the other runs are kept from ``--out``'s
 ``pinn.json``, so one variant can be rerun without the others' hours.
+``--seeds`` runs each problem from several initial nets (``init_mlp`` seeds;
+the data stay fixed) and adds a table of the final errors across them, with
+how many reach the best published figure:
+
+    python -m benchmarks.pinn --problems poisson_257 --optimizers trncg_gn \
+      --seeds 0 1 2 3 4 5 6 7 --out results/pinn_poisson_257_seeds
 """
 
 from __future__ import annotations
@@ -86,10 +92,11 @@ QUICK = {
 RECORDS = 30
 
 
-def setup(name: str, budget: Budget):
-  """``(loss, params, args, error_fn, metric)`` of problem ``name``."""
+def setup(name: str, budget: Budget, seed: int = 0):
+  """``(loss, params, args, error_fn, metric)`` of problem ``name``, from the
+  initial net of ``init_mlp`` seed ``seed``."""
   if name.startswith("poisson"):
-    apply, params = P.init_mlp(P.POISSON_SIZES[name], 0, jnp.float64)
+    apply, params = P.init_mlp(P.POISSON_SIZES[name], seed, jnp.float64)
     apply = jax.jit(apply)
     data = P.poisson_data()
     exact = P.poisson_exact(data.test, xp=np)
@@ -108,6 +115,7 @@ def setup(name: str, budget: Budget):
     jnp.float64,
     fd_n=201,
     fd_dt=2e-3,
+    seed=seed,
   )
   apply = jax.jit(apply)
   error = lambda p: P.relative_l2(apply(p, test)[:, 0], reference)
@@ -167,9 +175,9 @@ def selected(opt_name: str, only: tuple) -> bool:
 
 
 def run_problem(
-  name: str, budget: Budget, progress: bool, only: tuple = ()
+  name: str, budget: Budget, progress: bool, only: tuple = (), seed: int = 0
 ) -> dict:
-  loss, params, args, error_fn, metric = setup(name, budget)
+  loss, params, args, error_fn, metric = setup(name, budget, seed)
   runs = {}
   for opt_name, optimizer in optimizers().items():
     if not selected(opt_name, only):
@@ -187,11 +195,11 @@ def run_problem(
       optimizer,
       capped,
       error_fn,
-      f"{name}/{opt_name}",
+      f"{name}/{opt_name}" + (f"/seed {seed}" if seed else ""),
       progress,
     )
     print(
-      f"{name:13s} {opt_name:12s} steps {runs[opt_name]['steps'][-1]:7d} "
+      f"{label(name, seed):13s} {opt_name:12s} steps {runs[opt_name]['steps'][-1]:7d} "
       f"loss {runs[opt_name]['loss'][-1]:.2e} "
       f"error {runs[opt_name]['error'][-1]:.2e} "
       f"({runs[opt_name]['status']})",
@@ -205,6 +213,7 @@ def run_problem(
     del runs[k]
   return dict(
     problem=name,
+    seed=seed,
     metric=metric,
     params=P.count_params(params),
     budget_seconds=budget.seconds,
@@ -212,6 +221,46 @@ def run_problem(
     runs=runs,
     published=PUBLISHED.get(name, {}),
   )
+
+
+def label(problem: str, seed: int) -> str:
+  """The problem's name, with the initial net's seed unless it is 0."""
+  return problem + (f", seed {seed}" if seed else "")
+
+
+def across_seeds(results: list[dict]) -> list[str]:
+  """Markdown lines: each problem and optimizer run from several seeds, its
+  final errors, their median, and how many reach the best published figure
+  (none when fewer than two seeds ran)."""
+  lines = []
+  for problem in dict.fromkeys(r["problem"] for r in results):
+    runs = [r for r in results if r["problem"] == problem]
+    if len(runs) < 2:
+      continue
+    best = min(runs[0]["published"].values(), default=None)
+    if not lines:
+      lines += [
+        "",
+        "Across seeds (final errors, by seed):",
+        "",
+        "| problem | optimizer | seeds | errors | median "
+        "| at or below the best published |",
+        "|" + " --- |" * 6,
+      ]
+    for opt in dict.fromkeys(k for r in runs for k in r["runs"]):
+      have = [r for r in runs if opt in r["runs"]]
+      errors = [r["runs"][opt]["error"][-1] for r in have]
+      reached = (
+        f"{sum(e <= best for e in errors)} of {len(errors)} ({best:.1e})"
+        if best is not None
+        else ""
+      )
+      lines.append(
+        f"| {problem} | {opt} | {', '.join(str(r['seed']) for r in have)} | "
+        f"{', '.join(f'{e:.1e}' for e in errors)} | "
+        f"{float(np.median(errors)):.1e} | {reached} |"
+      )
+  return lines
 
 
 def markdown(results: list[dict], header: str) -> str:
@@ -222,24 +271,29 @@ def markdown(results: list[dict], header: str) -> str:
     "| loss | error | error at 1/4, 1/2 of the budget |",
     "|" + " --- |" * 8,
   ]
+  shown = set()  # the published rows once per problem, not per seed
   for r in results:
     for name, run in r["runs"].items():
-      label = name + (
+      name_lr = name + (
         f" (lr {run['learning_rate']:g})" if name == "adam" else ""
       )
       early = ", ".join(
         f"{error_at(run, r['budget_seconds'] * q):.2e}" for q in (0.25, 0.5)
       )
       lines.append(
-        f"| {r['problem']} ({r['params']} params) | {label} | "
+        f"| {label(r['problem'], r.get('seed', 0))} ({r['params']} params) "
+        f"| {name_lr} | "
         f"{run['steps'][-1]} | {run['seconds'][-1]:.1f} | {run['status']} | "
         f"{run['loss'][-1]:.2e} | {run['error'][-1]:.2e} | {early} |"
       )
-    for method, value in r["published"].items():
+    published = {} if r["problem"] in shown else r["published"]
+    shown.add(r["problem"])
+    for method, value in published.items():
       lines.append(
         f"| {r['problem']} | published: {method} (Dangel et al. "
         f"2024, 1000 s on a GPU) | | | | | {value:.2e} | |"
       )
+  lines += across_seeds(results)
   lines += [
     "",
     "![error against run time](pinn_error_time.png)",
@@ -255,20 +309,26 @@ def plot(results: list[dict], out: pathlib.Path) -> None:
     subplots,
   )
 
+  problems = {}
+  for r in results:
+    problems.setdefault(r["problem"], []).append(r)
   for axis, xlabel, fname in (
     ("seconds", "run time (s, compile excluded)", "pinn_error_time.png"),
     ("steps", "iterations", "pinn_error_iterations.png"),
   ):
     fig, axes = subplots(
       1,
-      len(results),
-      figsize=(max(6.0, 4.2 * len(results)), 4.6),
+      len(problems),
+      figsize=(max(6.0, 4.2 * len(problems)), 4.6),
       squeeze=False,
     )
-    for ax, r in zip(axes[0], results):
-      for name, run in r["runs"].items():
-        x = np.maximum(run[axis], 1e-3 if axis == "seconds" else 1)
-        ax.loglog(x, run["error"], label=name, marker=".", markersize=3)
+    for ax, runs in zip(axes[0], problems.values()):
+      r = runs[0]
+      for seeded in runs:
+        for name, run in seeded["runs"].items():
+          x = np.maximum(run[axis], 1e-3 if axis == "seconds" else 1)
+          tag = f" (seed {seeded.get('seed', 0)})" if len(runs) > 1 else ""
+          ax.loglog(x, run["error"], label=name + tag, marker=".", markersize=3)
       for i, (method, value) in enumerate(r["published"].items()):
         ax.axhline(
           value, color=f"C{i + 4}", ls=":", lw=1, label=f"{method} (published)"
@@ -284,12 +344,13 @@ def plot(results: list[dict], out: pathlib.Path) -> None:
 def updated(old: list[dict], new: list[dict]) -> tuple[list[dict], str]:
   """``old`` with ``new``'s runs in place of those of the same name (new
   problems appended), and the names of the runs kept from ``old``."""
-  fresh = {r["problem"]: r for r in new}
+  key = lambda r: (r["problem"], r.get("seed", 0))
+  fresh = {key(r): r for r in new}
   kept, results = [], []
   for r in old:
-    if r["problem"] in fresh:
-      runs = fresh.pop(r["problem"])["runs"]
-      kept += [f"{r['problem']}/{k}" for k in r["runs"] if k not in runs]
+    if key(r) in fresh:
+      runs = fresh.pop(key(r))["runs"]
+      kept += [f"{label(*key(r))}/{k}" for k in r["runs"] if k not in runs]
       r = dict(r, runs=dict(r["runs"], **runs))
     results.append(r)
   return results + list(fresh.values()), ", ".join(kept)
@@ -317,6 +378,13 @@ def main(argv=None) -> list[dict]:
     action="store_true",
     help="keep the other optimizers' runs from --out's pinn.json",
   )
+  parser.add_argument(
+    "--seeds",
+    nargs="+",
+    type=int,
+    default=[0],
+    help="the initial nets' seeds, each run in turn (the data stay fixed)",
+  )
   parser.add_argument("--out", default="results/latest/pinn")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
@@ -332,9 +400,10 @@ def main(argv=None) -> list[dict]:
   start = time.time()
   results = [
     run_problem(
-      name, budgets[name], not args.no_progress, tuple(args.optimizers)
+      name, budgets[name], not args.no_progress, tuple(args.optimizers), seed
     )
     for name in args.problems
+    for seed in args.seeds
   ]
   title = "PINN suite" + (" (--quick)" if args.quick else "")
   lines = header(title, "pinn", argv)

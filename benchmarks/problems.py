@@ -360,13 +360,20 @@ def interpolate_grid(grid, u, points_xy):
 
 
 def heat_problem(
-  points: int, test_points: int, smooth: bool, dtype, fd_n: int, fd_dt: float
+  points: int,
+  test_points: int,
+  smooth: bool,
+  dtype,
+  fd_n: int,
+  fd_dt: float,
+  seed: int = 0,
 ):
   """The paper's heat PINN on N_p: ``(apply, params, data, test, reference)``
   with ``points`` collocation points, and the reference solution at t = 1 on
   ``test_points`` Latin-hypercube points (exact for the smooth problem, else
-  finite differences on an ``fd_n`` grid with step ``fd_dt``)."""
-  apply, params = init_mlp(N_P_SIZES, seed=0, dtype=dtype)
+  finite differences on an ``fd_n`` grid with step ``fd_dt``); ``seed`` is
+  the initial net's."""
+  apply, params = init_mlp(N_P_SIZES, seed=seed, dtype=dtype)
   data = heat_collocation(points, seed=0, smooth=smooth, dtype=dtype)
   xy = latin_hypercube(test_points, [(0, 1), (0, 1)], seed=123)
   if smooth:

@@ -55,6 +55,7 @@ SECTIONS = (
     " Adam's learning rate is the best of 1e-4, 1e-3 and 1e-2.",
     (
       "results/pinn_poisson_257/pinn.md",
+      "results/pinn_poisson_257_seeds/pinn.md",
       "results/pinn_poisson_9873/pinn.md",
       "results/pinn_heat_smooth/pinn.md",
       "results/pinn_heat/pinn.md",

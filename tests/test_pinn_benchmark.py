@@ -135,3 +135,51 @@ def test_baselines_fill_the_iteration_budget_and_record_errors():
     assert len(run["error"]) == len(run["steps"]) > 2
     assert np.all(np.diff(run["steps"]) > 0)
     assert np.all(np.isfinite(run["error"]))
+
+
+def test_across_seeds_lists_the_errors_and_counts_them_against_the_best():
+  def result(problem, seed, errors):
+    runs = {k: dict(error=[1.0, e]) for k, e in errors.items()}
+    return dict(
+      problem=problem,
+      seed=seed,
+      runs=runs,
+      published=pinn.PUBLISHED.get(problem, {}),
+    )
+
+  results = [
+    result("poisson_257", 0, dict(trncg_gn=1e-8, lbfgs=1e-4)),
+    result("poisson_257", 1, dict(trncg_gn=1e-7)),
+    result("poisson_257", 2, dict(trncg_gn=5e-8)),
+    result("heat", 0, dict(trncg_gn=1e-2)),  # one seed: no row
+  ]
+  lines = pinn.across_seeds(results)
+  # ENGD's 6.2e-8 is the best of the published figures.
+  assert lines[-2:] == [
+    "| poisson_257 | trncg_gn | 0, 1, 2 | 1.0e-08, 1.0e-07, 5.0e-08 | 5.0e-08 "
+    "| 2 of 3 (6.2e-08) |",
+    "| poisson_257 | lbfgs | 0 | 1.0e-04 | 1.0e-04 | 0 of 1 (6.2e-08) |",
+  ]
+  assert pinn.across_seeds(results[:1] + results[3:]) == []
+  # --update replaces runs of the same problem and seed only.
+  merged, kept = pinn.updated(
+    results[:2], [result("poisson_257", 1, dict(trncg_gn=3e-9))]
+  )
+  assert merged[0] == results[0]
+  assert merged[1]["runs"]["trncg_gn"]["error"][-1] == 3e-9
+  assert kept == ""
+
+
+def test_seeds_start_from_other_nets():
+  tiny = pinn.Budget(seconds=float("inf"), max_steps=3)
+  first, other = (
+    pinn.run_problem("poisson_257", tiny, False, ("trncg_gn",), seed)
+    for seed in (0, 1)
+  )
+  assert (first["seed"], other["seed"]) == (0, 1)
+  start = [r["runs"]["trncg_gn"]["loss"][0] for r in (first, other)]
+  assert start[0] != start[1]
+  text = pinn.markdown([first, other], "header")
+  assert "| poisson_257, seed 1 (257 params) | trncg_gn |" in text
+  assert text.count("published: ENGD") == 1
+  assert "Across seeds" in text
