@@ -435,3 +435,34 @@ def test_a_rejected_step_is_retried_within_the_iteration(monkeypatch):
   single, iterations = accepted_points(trials)
   assert iterations == trials
   np.testing.assert_allclose(single[: len(retried)], retried, rtol=1e-12)
+
+
+def test_the_damped_search_compares_values_of_the_loss_not_of_the_hvp_batch(
+  monkeypatch,
+):
+  """With ``hvp_args`` the curvature comes from a sub-batch, but the damped
+  search's candidates are compared on the loss the region minimizes (all
+  rows), as rho is."""
+  rng = np.random.default_rng(3)
+  a, y = jnp.asarray(rng.normal(size=(30, 4))), jnp.asarray(rng.normal(size=30))
+  loss = trncg_jax.LeastSquares(lambda x, a, y: a @ x - y)
+  compared, values_at = [], dense.values_at
+
+  def spy(fun, params, unravel, steps):
+    compared.append(fun)
+    return values_at(fun, params, unravel, steps)
+
+  monkeypatch.setattr(dense, "values_at", spy)
+  x0 = jnp.zeros(4)
+  # A region far inside the Gauss-Newton step's length: the damped search.
+  state = trncg_jax.trncg_init(
+    x0, hvp_mode="gauss_newton", solver="dense", initial_radius=1e-12
+  )
+  _, state = trncg_jax.trncg_update(
+    x0, state, loss, a, y, hvp_args=(a[:10], y[:10])
+  )
+  assert CGStatus(int(state.info.cg_status)) == CGStatus.DAMPED
+  assert compared  # traced once per attempt: the first and the retries'
+  for fun in compared:
+    np.testing.assert_allclose(fun(x0), loss(x0, a, y), rtol=1e-12)
+    assert abs(float(fun(x0) - loss(x0, a[:10], y[:10]))) > 1e-3

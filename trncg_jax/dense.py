@@ -191,13 +191,20 @@ def dense_gauss_newton(
 
 
 def dense_solver(
-  loss: LeastSquares, params: Any, grad: Any, damping: jax.Array
+  loss: LeastSquares,
+  params: Any,
+  grad: Any,
+  damping: jax.Array,
+  objective: Callable[[Any], jax.Array] | None = None,
 ) -> Callable[[jax.Array, jax.Array], SteihaugResult]:
   """The factorization of :func:`dense_gauss_newton` at ``params``, once:
   returns ``solve(radius, damped)``, whose calls cost a product with ``J``
-  and, in damped mode, an eigendecomposition and ten loss values, so that a
-  rejected step can be tried again at a smaller radius without forming
+  and, in damped mode, an eigendecomposition and ten values of
+  ``objective`` (``loss`` when ``None``; the trust region passes its own
+  loss, which differs from ``loss`` with a sub-batch's curvature), so that
+  a rejected step can be tried again at a smaller radius without forming
   ``J`` again."""
+  objective = loss if objective is None else objective
   flat_grad, unravel = ravel_pytree(grad)
   dtype = flat_grad.dtype
   # Materialized before its uses: XLA:CPU would otherwise fuse the
@@ -283,11 +290,11 @@ def dense_solver(
       )
     )(targets)
     points = to_params(vectors @ (c[:, None] / (eigenvalues[:, None] + lams))).T
-    values = values_at(loss, params, unravel, points)
+    values = values_at(objective, params, unravel, points)
     k = jnp.argmin(values)
     # The Gauss-Newton step over the same radii, for a fair choice.
     taus = jnp.minimum(1.0, radii / d_norm)
-    gn_values = values_at(loss, params, unravel, taus[:, None] * d)
+    gn_values = values_at(objective, params, unravel, taus[:, None] * d)
     j = jnp.argmin(gn_values)
     keep = (tau >= DAMPED_BELOW) & ~(values[k] < gn_values[j])
     gauss_newton = (taus[j] * d, jnp.asarray(False), taus[j] * d_norm)

@@ -720,7 +720,13 @@ def trust_region_step(
     sketch_hvps = jnp.where(refresh, hp.nystrom_rank, 0)
     preconditioner = factors.preconditioner(grad)
   if dense:
-    solve = dense_solver(curvature_fun, params, grad, hp.dense_damping)
+    solve = dense_solver(
+      curvature_fun,
+      params,
+      grad,
+      hp.dense_damping,
+      loss_only(fun, hp.has_aux),  # the damped search picks by the loss
+    )
   else:
     solve = lambda radius, _: cg_steihaug(
       grad, hvp, radius, tol, hp.max_cg_steps, preconditioner, rtol
