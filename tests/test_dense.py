@@ -362,7 +362,7 @@ def test_auto_selects_dense_when_j_is_cheap_and_small():
   "kwargs, match",
   [
     (dict(solver="qr"), "solver must be one of"),
-    (dict(solver="dense"), "solver='dense' needs hvp_mode='gauss_newton'"),
+    (dict(solver="dense", nystrom_rank=2), "nystrom_rank=0"),
     (
       dict(solver="dense", hvp_mode="gauss_newton", nystrom_rank=2),
       "nystrom_rank=0",
@@ -466,3 +466,108 @@ def test_the_damped_search_compares_values_of_the_loss_not_of_the_hvp_batch(
   for fun in compared:
     np.testing.assert_allclose(fun(x0), loss(x0, a, y), rtol=1e-12)
     assert abs(float(fun(x0) - loss(x0, a[:10], y[:10]))) > 1e-3
+
+
+def _exact_subproblem(h_matrix, g, radius):
+  """The exact trust-region step from the book (N&W Theorem 4.1), in NumPy:
+  the eigendecomposition, and the secular equation by SciPy's brentq."""
+  from scipy.optimize import brentq
+
+  h, v = np.linalg.eigh(h_matrix)
+  c = v.T @ g
+  step = lambda lam: -v @ (c / (h + lam))
+  if h[0] > 0 and np.linalg.norm(step(0.0)) <= radius:
+    return step(0.0)
+  low = max(0.0, -h[0])
+  if np.linalg.norm(step(low + 1e-9)) < radius:  # the hard case
+    p = -v[:, 1:] @ (c[1:] / (h[1:] - h[0]))
+    return p + np.sqrt(radius**2 - p @ p) * v[:, 0] * -np.sign(c[0] or 1.0)
+  lam = brentq(
+    lambda s: np.linalg.norm(step(low + s)) - radius,
+    1e-12,
+    np.linalg.norm(g) / radius + 1.0,
+    xtol=1e-15,
+    rtol=1e-14,
+  )
+  return step(low + lam)
+
+
+@pytest.mark.parametrize(
+  "case, radius",
+  [
+    ("convex", 10.0),  # the Newton step, inside
+    ("convex", 0.05),
+    ("indefinite", 0.5),
+    ("hard", 3.0),  # g orthogonal to the lowest eigenvector
+  ],
+)
+def test_newton_solver_matches_the_exact_subproblem(case, radius):
+  rng = np.random.default_rng(7)
+  q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+  h = np.array([0.5, 1.0, 2.0, 3.0, 4.0])
+  if case != "convex":
+    h[0] = -1.5
+  h_matrix = q @ np.diag(h) @ q.T
+  g = rng.normal(size=5)
+  if case == "hard":
+    g -= (q[:, 0] @ g) * q[:, 0]
+  loss = lambda x: g @ x + 0.5 * x @ jnp.asarray(h_matrix) @ x
+  x0 = jnp.zeros(5)
+  res = dense.newton_solver(loss, x0, jnp.asarray(g))(jnp.asarray(radius), None)
+  expected = _exact_subproblem(h_matrix, g, radius)
+  if case == "hard":  # either sign of the eigenvector is a solution
+    flip = expected - 2 * (q[:, 0] @ expected) * q[:, 0]
+    if np.linalg.norm(res.step - flip) < np.linalg.norm(res.step - expected):
+      expected = flip
+  # The hard case is taken at a shift of sqrt(eps) |H| past -h_min.
+  rtol = 1e-6 if case == "hard" else 1e-8
+  np.testing.assert_allclose(res.step, expected, rtol=rtol, atol=1e-10)
+  np.testing.assert_allclose(
+    res.predicted_reduction,
+    -(g @ expected + 0.5 * expected @ h_matrix @ expected),
+    rtol=rtol,
+  )
+  status = CGStatus(int(res.status))
+  if case == "convex":
+    inside = radius > np.linalg.norm(expected) + 1e-9
+    assert status == (CGStatus.CONVERGED if inside else CGStatus.HIT_BOUNDARY)
+  else:
+    assert status == CGStatus.NEGATIVE_CURVATURE
+    np.testing.assert_allclose(res.step_norm, radius, rtol=1e-10)
+  assert int(res.steps) == 5  # one HVP per param
+
+
+@pytest.mark.parametrize("name", ["rosenbrock", "beale"])
+def test_dense_newton_solves_test_functions_like_scipy_trust_exact(name):
+  """``solver="dense"`` with the exact Hessian reaches the known minimum of
+  the test function, in at most SciPy's trust-exact iterations plus 50%."""
+  from scipy.optimize import minimize
+
+  if name == "rosenbrock":
+    fun = lambda x: (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+    x0, minimum = np.array([-1.2, 1.0]), np.array([1.0, 1.0])
+  else:
+    fun = lambda x: (
+      (1.5 - x[0] + x[0] * x[1]) ** 2
+      + (2.25 - x[0] + x[0] * x[1] ** 2) ** 2
+      + (2.625 - x[0] + x[0] * x[1] ** 3) ** 2
+    )
+    x0, minimum = np.array([1.0, 1.0]), np.array([3.0, 0.5])
+  reference = minimize(
+    fun,
+    x0,
+    method="trust-exact",
+    jac=jax.grad(fun),
+    hess=jax.hessian(fun),
+    options=dict(gtol=1e-10),
+  )
+  res = trncg_jax.solve(
+    fun,
+    jnp.asarray(x0),
+    max_steps=200,
+    grad_tol=1e-10,
+    optimizer=trncg_jax.trncg(solver="dense"),
+  )
+  np.testing.assert_allclose(res.params, minimum, atol=1e-8)
+  np.testing.assert_allclose(reference.x, minimum, atol=1e-6)
+  assert res.num_steps <= 1.5 * reference.nit

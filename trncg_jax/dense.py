@@ -101,11 +101,17 @@ def residual_jacobian(loss: LeastSquares, params: Any) -> jax.Array:
   if loss.jacobian_fn is not None:
     return _raveled_jacobian(loss, params, flat.dtype).T
   residuals = lambda x: ravel_pytree(loss.residual_fn(unravel(x)))[0]
-  _, jvp = jax.linearize(residuals, flat)
-  footprint = intermediate_bytes(jax.make_jaxpr(jvp)(flat).jaxpr)
+  return columns(jax.linearize(residuals, flat)[1], flat)
+
+
+def columns(linear: Callable[[jax.Array], jax.Array], flat: jax.Array):
+  """``linear`` applied to each unit vector of ``flat``'s space (the rows
+  of the result), in batches (``jax.lax.map``) of at most
+  :data:`JACOBIAN_BATCH_BYTES` counted intermediates, at least one."""
+  footprint = intermediate_bytes(jax.make_jaxpr(linear)(flat).jaxpr)
   batch = max(1, min(flat.size, JACOBIAN_BATCH_BYTES // max(footprint, 1)))
   return jax.lax.map(
-    jvp, jnp.eye(flat.size, dtype=flat.dtype), batch_size=batch
+    linear, jnp.eye(flat.size, dtype=flat.dtype), batch_size=batch
   )
 
 
@@ -326,3 +332,89 @@ def bisect_decreasing(fun, target, lo, hi, iterations: int = 64):
     return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
 
   return jax.lax.fori_loop(0, iterations, halve, (lo, hi))[1]
+
+
+def newton_solver(
+  loss: Callable[[Any], jax.Array], params: Any, grad: Any
+) -> Callable[[jax.Array, jax.Array], SteihaugResult]:
+  """The trust-region subproblem of the exact Hessian ``H``, solved exactly
+  in the Euclidean norm (Moré & Sorensen), for ``solver="dense"`` with an
+  exact-Hessian ``hvp_mode``: ``H`` from ``P`` HVPs and one
+  eigendecomposition ``H = V diag(h) V^T`` at ``params``; returns
+  ``solve(radius, _)``, whose calls cost a product with ``V``:
+
+  .. math::
+
+    p(\\lambda) = -(H + \\lambda I)^{-1} g, \\qquad
+    \\lambda \\ge \\max(0, -h_{\\min}), \\qquad
+    \\lambda\\,(\\Delta - \\|p(\\lambda)\\|) = 0,
+
+  with ``lambda`` by bisection on the secular equation; in the hard case
+  (``g`` nearly orthogonal to the eigenvectors of ``h_min``, so that
+  ``||p(-h_min)|| < Delta``) the step adds the multiple of the lowest
+  eigenvector that reaches the boundary.
+
+  The status is ``CONVERGED`` for the Newton step inside the region,
+  ``NEGATIVE_CURVATURE`` on the boundary where ``H`` is not positive
+  definite, ``HIT_BOUNDARY`` on it otherwise, and ``NON_FINITE`` (a zero
+  step) when ``H`` is not finite; ``steps = P``, the HVPs.
+
+  References:
+    Nocedal & Wright, *Numerical Optimization*, 2nd ed., Section 4.3,
+    pp. 83-91 (Theorem 4.1, Algorithm 4.3 and the hard case).
+    Moré & Sorensen, "Computing a trust region step", SIAM J. Sci. Stat.
+    Comput. 4(3), 1983.
+  """
+  flat_grad, unravel = ravel_pytree(grad)
+  flat_params, unravel_params = ravel_pytree(params)
+  dtype = flat_grad.dtype
+  gradient = lambda x: ravel_pytree(jax.grad(loss)(unravel_params(x)))[0]
+  hvp = lambda v: jax.jvp(gradient, (flat_params,), (v,))[1].astype(dtype)
+  hessian = columns(hvp, flat_params.astype(dtype))
+  finite = jnp.all(jnp.isfinite(hessian)) & jnp.all(jnp.isfinite(flat_grad))
+  hessian = jnp.where(finite, (hessian + hessian.T) / 2, 0.0)
+  h, vectors = jnp.linalg.eigh(hessian)
+  c = vectors.T @ flat_grad
+  # Shifts below sqrt(eps) |H| past -h_min count as the hard case's: the
+  # component along the lowest eigenvector is then c_min / shift, and
+  # c_min's rounding (eps |g|) stays below sqrt(eps) of the step.
+  tiny = jnp.sqrt(jnp.finfo(dtype).eps) * jnp.max(jnp.abs(h))
+  tiny = jnp.where(tiny > 0, tiny, jnp.finfo(dtype).tiny)
+  low = jnp.maximum(0.0, -h[0])
+  norm_at = lambda lam: jnp.linalg.norm(c / (h + lam))
+
+  def solve(radius: jax.Array, _) -> SteihaugResult:
+    newton = (h[0] > 0) & (norm_at(0.0) <= radius)
+    # ||p(low + s)|| decreases in s > 0; below radius from s = ||g|| / radius.
+    shift = bisect_decreasing(
+      lambda s: norm_at(low + s),
+      radius,
+      tiny,
+      jnp.maximum(tiny, jnp.linalg.norm(c) / radius),
+    )
+    lam = jnp.where(newton, 0.0, low + shift)
+    q = -c / (h + lam)
+    # The hard case: fill up to the boundary along the lowest eigenvector,
+    # in the direction that does not climb the gradient.
+    short = ~newton & (jnp.linalg.norm(q) < radius)
+    fill = jnp.sqrt(jnp.maximum(radius**2 - q[1:] @ q[1:], 0.0))
+    q = q.at[0].set(
+      jnp.where(short, -jnp.where(c[0] > 0, 1.0, -1.0) * fill, q[0])
+    )
+    q = jnp.where(finite, q, 0.0)
+    predicted = -(c @ q + 0.5 * jnp.sum(h * q * q))
+    status = first_true(
+      [~finite, newton, h[0] <= 0],
+      [CGStatus.NON_FINITE, CGStatus.CONVERGED, CGStatus.NEGATIVE_CURVATURE],
+      CGStatus.HIT_BOUNDARY,
+    )
+    return SteihaugResult(
+      step=unravel(vectors @ q),
+      predicted_reduction=predicted.astype(dtype),
+      step_norm=jnp.linalg.norm(q).astype(dtype),
+      steps=jnp.asarray(flat_grad.size, jnp.int32),
+      status=status,
+      residual_norm=jnp.zeros((), dtype),
+    )
+
+  return solve

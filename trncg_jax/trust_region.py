@@ -41,7 +41,7 @@ from trncg_jax._checks import (
   tree_equal,
   tree_within,
 )
-from trncg_jax.dense import dense_solver
+from trncg_jax.dense import dense_solver, newton_solver
 from trncg_jax.least_squares import (
   LeastSquares,
   reduction,
@@ -161,7 +161,12 @@ class TRNCGHyperparams:
       loss's ``jacobian_fn``) and the exact Gauss-Newton step in the norm of
       ``B + mu I``, a region in function space
       (:func:`trncg_jax.dense.dense_gauss_newton`); memory ``N P + m^2`` and
-      time ``max(N, P) m^2`` per iteration, ``m = min(N, P)``. ``"auto"`` (the
+      time ``max(N, P) m^2`` per iteration, ``m = min(N, P)``. With an
+      exact-Hessian ``hvp_mode``, ``"dense"`` forms the Hessian from ``P``
+      HVPs and takes the exact trust-region step in the Euclidean norm
+      (:func:`trncg_jax.dense.newton_solver`): for small nets after the
+      Gauss-Newton fit, whose model misses the residuals' curvature along
+      flat directions. ``"auto"`` (the
       default): ``"dense"`` for Gauss-Newton without a preconditioner when
       ``N P`` is at most :data:`DENSE_MAX_ENTRIES` and either ``P`` is at
       most :data:`DENSE_MAX_PARAMS` or the loss has a ``jacobian_fn`` and
@@ -288,13 +293,11 @@ class TRNCGHyperparams:
     check_number("dense_damping", self.dense_damping, 0.0, 1.0)
     if self.solver not in SOLVERS:
       raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-    if self.solver == DENSE and (
-      self.hvp_mode != hvp_lib.GAUSS_NEWTON or self.nystrom_rank
-    ):
+    if self.solver == DENSE and self.nystrom_rank:
       raise ValueError(
-        "solver='dense' needs hvp_mode='gauss_newton' and nystrom_rank=0: it "
-        "forms the residuals' Jacobian, and needs no preconditioner (got "
-        f"hvp_mode={self.hvp_mode!r}, nystrom_rank={self.nystrom_rank})."
+        "solver='dense' needs nystrom_rank=0: it solves the subproblem "
+        f"exactly, with no preconditioner (got nystrom_rank="
+        f"{self.nystrom_rank})."
       )
     if self.hvp_mode not in hvp_lib.HVP_MODES:
       raise ValueError(
@@ -719,7 +722,9 @@ def trust_region_step(
     )
     sketch_hvps = jnp.where(refresh, hp.nystrom_rank, 0)
     preconditioner = factors.preconditioner(grad)
-  if dense:
+  if dense and hp.hvp_mode != hvp_lib.GAUSS_NEWTON:
+    solve = newton_solver(curvature_fun, params, grad)
+  elif dense:
     solve = dense_solver(
       curvature_fun,
       params,
