@@ -335,11 +335,12 @@ def bisect_decreasing(fun, target, lo, hi, iterations: int = 64):
 
 
 def newton_solver(
-  loss: Callable[[Any], jax.Array], params: Any, grad: Any
+  hvp: Callable[[Any], Any], params: Any, grad: Any
 ) -> Callable[[jax.Array, jax.Array], SteihaugResult]:
   """The trust-region subproblem of the exact Hessian ``H``, solved exactly
   in the Euclidean norm (Moré & Sorensen), for ``solver="dense"`` with an
-  exact-Hessian ``hvp_mode``: ``H`` from ``P`` HVPs and one
+  exact-Hessian ``hvp_mode``: ``H`` from ``P`` products of ``hvp`` (from
+  :func:`trncg_jax.hvp.make_hvp`, pytrees like ``params``) and one
   eigendecomposition ``H = V diag(h) V^T`` at ``params``; returns
   ``solve(radius, _)``, whose calls cost a product with ``V``:
 
@@ -368,9 +369,8 @@ def newton_solver(
   flat_grad, unravel = ravel_pytree(grad)
   flat_params, unravel_params = ravel_pytree(params)
   dtype = flat_grad.dtype
-  gradient = lambda x: ravel_pytree(jax.grad(loss)(unravel_params(x)))[0]
-  hvp = lambda v: jax.jvp(gradient, (flat_params,), (v,))[1].astype(dtype)
-  hessian = columns(hvp, flat_params.astype(dtype))
+  product = lambda v: ravel_pytree(hvp(unravel_params(v)))[0].astype(dtype)
+  hessian = columns(product, flat_params.astype(dtype))
   finite = jnp.all(jnp.isfinite(hessian)) & jnp.all(jnp.isfinite(flat_grad))
   hessian = jnp.where(finite, (hessian + hessian.T) / 2, 0.0)
   h, vectors = jnp.linalg.eigh(hessian)

@@ -699,7 +699,10 @@ def trust_region_step(
 
   curvature_fun = loss_only(fun if hvp_fun is None else hvp_fun, hp.has_aux)
   dense = uses_dense_solver(hp, params, curvature_fun)
-  hvp = None if dense else hvp_lib.make_hvp(curvature_fun, params, hp.hvp_mode)
+  dense_gn = dense and hp.hvp_mode == hvp_lib.GAUSS_NEWTON
+  hvp = (
+    None if dense_gn else hvp_lib.make_hvp(curvature_fun, params, hp.hvp_mode)
+  )
   factors, sketch_hvps = state.nystrom, 0
   preconditioner = IDENTITY
   if hp.nystrom_rank:
@@ -722,9 +725,7 @@ def trust_region_step(
     )
     sketch_hvps = jnp.where(refresh, hp.nystrom_rank, 0)
     preconditioner = factors.preconditioner(grad)
-  if dense and hp.hvp_mode != hvp_lib.GAUSS_NEWTON:
-    solve = newton_solver(curvature_fun, params, grad)
-  elif dense:
+  if dense_gn:
     solve = dense_solver(
       curvature_fun,
       params,
@@ -732,6 +733,8 @@ def trust_region_step(
       hp.dense_damping,
       loss_only(fun, hp.has_aux),  # the damped search picks by the loss
     )
+  elif dense:
+    solve = newton_solver(hvp, params, grad)
   else:
     solve = lambda radius, _: cg_steihaug(
       grad, hvp, radius, tol, hp.max_cg_steps, preconditioner, rtol
