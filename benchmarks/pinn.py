@@ -195,7 +195,7 @@ def run_problem(
       optimizer,
       capped,
       error_fn,
-      f"{name}/{opt_name}" + (f"/seed {seed}" if seed else ""),
+      f"{label(name, seed)}/{opt_name}",
       progress,
     )
     print(
@@ -228,13 +228,20 @@ def label(problem: str, seed: int) -> str:
   return problem + (f", seed {seed}" if seed else "")
 
 
+def by_problem(results: list[dict]) -> dict[str, list[dict]]:
+  """``results`` grouped by problem (one entry per seed), in their order."""
+  problems = {}
+  for r in results:
+    problems.setdefault(r["problem"], []).append(r)
+  return problems
+
+
 def across_seeds(results: list[dict]) -> list[str]:
   """Markdown lines: each problem and optimizer run from several seeds, its
   final errors, their median, and how many reach the best published figure
   (none when fewer than two seeds ran)."""
   lines = []
-  for problem in dict.fromkeys(r["problem"] for r in results):
-    runs = [r for r in results if r["problem"] == problem]
+  for problem, runs in by_problem(results).items():
     if len(runs) < 2:
       continue
     best = min(runs[0]["published"].values(), default=None)
@@ -309,9 +316,7 @@ def plot(results: list[dict], out: pathlib.Path) -> None:
     subplots,
   )
 
-  problems = {}
-  for r in results:
-    problems.setdefault(r["problem"], []).append(r)
+  problems = by_problem(results)
   for axis, xlabel, fname in (
     ("seconds", "run time (s, compile excluded)", "pinn_error_time.png"),
     ("steps", "iterations", "pinn_error_iterations.png"),
