@@ -573,27 +573,3 @@ def test_dense_newton_solves_test_functions_like_scipy_trust_exact(name):
   np.testing.assert_allclose(res.params, minimum, atol=1e-8)
   np.testing.assert_allclose(reference.x, minimum, atol=1e-6)
   assert res.num_steps <= 1.5 * reference.nit
-
-
-def test_dense_newton_forms_the_hessian_with_the_chosen_hvp_mode():
-  """The Hessian's columns come from ``make_hvp`` with ``hvp_mode``: a loss
-  with a ``jax.custom_vjp`` gets the clear error in forward mode, and is
-  solved with ``reverse_over_reverse``."""
-  from tests.test_hvp import softplus  # a jax.custom_vjp with no JVP rule
-
-  loss = lambda x: jnp.sum(softplus(x - 1.0) ** 2) + 0.5 * jnp.sum(x**2)
-  x0 = jnp.array([2.0, -1.0])
-  run = lambda mode: trncg_jax.solve(
-    loss,
-    x0,
-    max_steps=50,
-    grad_tol=1e-10,
-    optimizer=trncg_jax.trncg(solver="dense", hvp_mode=mode),
-  )
-  with pytest.raises(TypeError, match="hvp_mode='reverse_over_reverse'"):
-    run("forward_over_reverse")
-  x = run("reverse_over_reverse").params
-  # Stationarity: 2 softplus(x - 1) sigmoid(x - 1) + x = 0.
-  np.testing.assert_allclose(
-    2 * jax.nn.softplus(x - 1.0) * jax.nn.sigmoid(x - 1.0) + x, 0.0, atol=1e-10
-  )

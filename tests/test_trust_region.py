@@ -415,7 +415,10 @@ def test_nystrom_rank_above_param_count_or_without_gauss_newton_is_rejected():
     trncg_jax.trncg(nystrom_rank=2)
 
 
-def test_custom_vjp_loss_end_to_end():
+@pytest.mark.parametrize("solver", ["cg", "dense"])
+def test_custom_vjp_loss_end_to_end(solver):
+  """The Hessian's products (CG's, or the dense Newton solver's columns) use
+  ``hvp_mode``, with its check."""
   from tests.test_hvp import softplus  # a jax.custom_vjp with no JVP rule
 
   def loss(x):
@@ -423,8 +426,10 @@ def test_custom_vjp_loss_end_to_end():
 
   x0 = jnp.array([2.0, -1.0])
   with pytest.raises(TypeError, match="hvp_mode='reverse_over_reverse'"):
-    jit_update(x0, trncg_jax.trncg_init(x0), loss)
-  x, state, _ = run_until(loss, x0, 1e-10, hvp_mode="reverse_over_reverse")
+    jit_update(x0, trncg_jax.trncg_init(x0, solver=solver), loss)
+  x, state, _ = run_until(
+    loss, x0, 1e-10, hvp_mode="reverse_over_reverse", solver=solver
+  )
   # Stationarity: 2 softplus(x - 1) sigmoid(x - 1) + x = 0.
   np.testing.assert_allclose(
     2 * jax.nn.softplus(x - 1.0) * jax.nn.sigmoid(x - 1.0) + x, 0.0, atol=1e-10
