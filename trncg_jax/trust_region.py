@@ -746,9 +746,9 @@ def trust_region_step(
 
   def attempt(radius: jax.Array, damped: jax.Array, trials) -> Attempt:
     cg = solve(radius, damped)
-    if dense:
-      # The dense step searched radii around Delta: the region is the one
-      # whose step was taken.
+    if dense_gn:
+      # The dense Gauss-Newton step searched radii around Delta: the region
+      # is the one whose step was taken.
       radius = jnp.where(
         (cg.status == CGStatus.HIT_BOUNDARY) | (cg.status == CGStatus.DAMPED),
         cg.step_norm,
