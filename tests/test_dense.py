@@ -369,6 +369,7 @@ def test_auto_selects_dense_when_j_is_cheap_and_small():
       "nystrom_rank=0",
     ),
     (dict(dense_damping=-1.0), "dense_damping"),
+    (dict(newton_finish="yes"), "newton_finish must be a bool"),
   ],
 )
 def test_invalid_solver_configuration(kwargs, match):
@@ -573,3 +574,105 @@ def test_dense_newton_solves_test_functions_like_scipy_trust_exact(name):
   np.testing.assert_allclose(res.params, minimum, atol=1e-8)
   np.testing.assert_allclose(reference.x, minimum, atol=1e-6)
   assert res.num_steps <= 1.5 * reference.nit
+
+
+def _clock(gains):
+  """``slow_steps`` after each step of relative gain ``gains[k]``, from the
+  initial state's clock."""
+  state = trncg_jax.trncg_init(jnp.zeros(2, jnp.float64))
+  gain, slow, out = state.gain, state.slow_steps, []
+  for g in gains:
+    gain, slow = trust_region.newton_clock(gain, slow, jnp.asarray(g))
+    out.append(int(slow))
+  return np.array(out)
+
+
+def test_the_newton_switch_waits_for_a_slow_phase_after_fast_progress():
+  after = trust_region.NEWTON_AFTER
+  plateau, fast, slow = [1e-5] * 300, [0.4] * 40, [0.02] * 60
+  assert (_clock(plateau) == -1).all()  # no progress yet: no count
+  # A fast descent into a plateau: gains below the slow band reset it.
+  assert _clock(fast + plateau).max() < after
+  assert _clock(fast + [0.2] * 300).max() < after  # still fast
+  steps = _clock(plateau + fast + slow)
+  first = int(np.argmax(steps >= after))
+  assert steps[first] == after and 340 + after <= first < 340 + after + 20
+  # A brief fast spell within a plateau is not the descent (the average
+  # starts at the floor and needs a run of fast steps to pass 0.1).
+  assert (_clock([0.4] * 3 + plateau) == -1).all()
+  # Once switched, it stays: fast steps, rejections (0) and nan alike.
+  late = _clock(plateau + fast + slow + [0.5] * 20 + [0.0, float("nan")])
+  assert (late[first:] >= after).all()
+
+
+def _curved_least_squares():
+  """Rosenbrock as residuals, whose Gauss-Newton and Newton steps differ."""
+  residuals = lambda x: jnp.stack([10 * (x[1] - x[0] ** 2), 1 - x[0]])
+  return trncg_jax.LeastSquares(residuals), jnp.array([-1.2, 1.0])
+
+
+@pytest.mark.parametrize("radius", [10.0, 0.1])
+def test_after_the_switch_the_step_is_the_exact_newton_step(radius):
+  """A switched state takes ``trncg(solver="dense")``'s step (the exact
+  Hessian's trust-region step, tested against N&W above); one not yet
+  switched takes the Gauss-Newton step, which differs."""
+  loss, x0 = _curved_least_squares()
+  update = jax.jit(trncg_jax.trncg_update, static_argnums=2)
+
+  def step(slow_steps, **kwargs):
+    state = trncg_jax.trncg_init(x0, initial_radius=radius, **kwargs)
+    state = state._replace(slow_steps=jnp.asarray(slow_steps, jnp.int32))
+    return update(x0, state, loss)
+
+  x_newton, newton = step(0, solver="dense")  # hvp_mode: the exact Hessian
+  after = trust_region.NEWTON_AFTER
+  x_switched, switched = step(after, hvp_mode="gauss_newton")
+  x_before, before = step(after - 1, hvp_mode="gauss_newton")
+  assert bool(switched.info.newton) and not bool(before.info.newton)
+  assert not bool(newton.info.newton)  # no switch without Gauss-Newton
+  np.testing.assert_allclose(x_switched, x_newton, rtol=1e-12)
+  assert np.abs(x_before - x_newton).max() > 1e-3
+  assert int(switched.info.hvps) == x0.size  # H from P products
+
+
+def test_the_switching_iteration_restarts_the_radius_for_newton():
+  """The Gauss-Newton region is not Newton's: the iteration that completes
+  the count hands Newton the initial radius."""
+  loss, x0 = _curved_least_squares()
+  state = trncg_jax.trncg_init(x0, hvp_mode="gauss_newton", initial_radius=3.0)
+  # One step short, with the average in the slow band (log10 0.01).
+  state = state._replace(
+    slow_steps=jnp.asarray(trust_region.NEWTON_AFTER - 1, jnp.int32),
+    gain=jnp.asarray(-2.0),
+    radius=jnp.asarray(1e-3),
+  )
+  _, state = trncg_jax.trncg_update(x0, state, loss)
+  assert int(state.slow_steps) == trust_region.NEWTON_AFTER
+  assert float(state.radius) == 3.0 and not bool(state.info.newton)
+
+
+def test_newton_finish_applies_to_small_dense_gauss_newton_only():
+  from tests.test_hvp import softplus  # a jax.custom_vjp with no JVP rule
+
+  loss, x0 = _curved_least_squares()
+  mode = lambda x, fn=loss, **kw: trust_region.newton_mode(
+    TRNCGHyperparams(**{"hvp_mode": "gauss_newton", **kw}), x, fn
+  )
+  assert mode(x0) == "forward_over_reverse"
+  assert mode(x0, newton_finish=False) is None
+  assert mode(x0, solver="cg") is None
+  assert mode(x0, hvp_mode="forward_over_reverse") is None
+  # Too many params for P HVPs, though a jacobian_fn makes J cheap.
+  many = jnp.zeros(DENSE_MAX_PARAMS + 1)
+  wide = trncg_jax.LeastSquares(
+    lambda x: x[:3], lambda x: jnp.eye(3, many.size)
+  )
+  assert uses_dense_solver(
+    TRNCGHyperparams(hvp_mode="gauss_newton"), many, wide
+  )
+  assert mode(many, wide) is None
+  # No forward-mode Hessian through a custom_vjp: Gauss-Newton goes on.
+  custom = trncg_jax.LeastSquares(
+    lambda x: softplus(x), lambda x: jnp.diag(jax.nn.sigmoid(x))
+  )
+  assert mode(x0, custom) is None

@@ -47,12 +47,13 @@ def jaxprs_in(value):
   return []
 
 
-def _uses_custom_vjp(jaxpr) -> bool:
+def uses_custom_vjp(jaxpr) -> bool:
+  """Whether ``jaxpr`` (or one nested in it) calls a ``jax.custom_vjp``."""
   for eqn in jaxpr.eqns:
     if "custom_vjp" in eqn.primitive.name:
       return True
     if any(
-      _uses_custom_vjp(j) for v in eqn.params.values() for j in jaxprs_in(v)
+      uses_custom_vjp(j) for v in eqn.params.values() for j in jaxprs_in(v)
     ):
       return True
   return False
@@ -69,7 +70,7 @@ def check_hvp_mode(
   """
   if mode == REVERSE_OVER_REVERSE:
     return
-  if _uses_custom_vjp(jax.make_jaxpr(fun)(params).jaxpr):
+  if uses_custom_vjp(jax.make_jaxpr(fun)(params).jaxpr):
     raise TypeError(
       f"hvp_mode={mode!r} differentiates the gradient in forward mode, but "
       "the loss contains a jax.custom_vjp function, which has no forward-mode"

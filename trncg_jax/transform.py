@@ -50,6 +50,7 @@ def trncg(
   has_aux: bool = DEFAULTS.has_aux,
   nystrom_rank: Int = DEFAULTS.nystrom_rank,
   solver: str = DEFAULTS.solver,
+  newton_finish: bool = DEFAULTS.newton_finish,
 ) -> optax.GradientTransformationExtraArgs:
   """Trust-region Newton-CG as an optax transformation.
 
@@ -60,7 +61,7 @@ def trncg(
   options can be changed during a run without recompiling through
   ``optax.inject_hyperparams(trncg_jax.trncg)(eta=0.1)``; the
   code-selecting ones (``hvp_mode``, ``solver``, ``has_aux``,
-  ``nystrom_rank``) are fixed at ``init``.
+  ``nystrom_rank``, ``newton_finish``) are fixed at ``init``.
 
   It follows the line-search convention of ``optax.lbfgs``: ``update`` takes
   the loss through ``value_fn`` (extra keyword arguments are forwarded to it)

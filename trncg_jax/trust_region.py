@@ -16,7 +16,10 @@ gradient ``g`` already known:
    ``rho > 3/4`` and the step reached the boundary;
 5. with the dense solver, a rejected step is tried again at the shrunk
    radius from the same factorization, up to :data:`DENSE_TRIALS` times in
-   the iteration (``info.trials``).
+   the iteration (``info.trials``);
+6. with the dense Gauss-Newton solver on a small net, once the relative
+   gain per step has settled into a slow linear rate, later iterations take
+   the exact Hessian's step instead (:func:`newton_mode`).
 """
 
 from __future__ import annotations
@@ -93,6 +96,28 @@ DENSE_MAX_FLOPS = 2**36
 #: and on the discontinuous heat PINN every chain of rejections ended there.
 #: A try costs a gradient, against P JVPs or a Jacobian for the factorization.
 DENSE_TRIALS = 16
+
+# The switch from Gauss-Newton to Newton (``newton_finish``). It watches the
+# gain per step, ``(f - f') / f``, as an exponential average of its log10
+# (weight NEWTON_GAIN_WEIGHT: about ten steps' memory). On the 257-param
+# Poisson PINN from eight initial nets the Gauss-Newton run goes through up
+# to three phases: plateaus gaining 1e-5 to 1e-3 per step, a fast descent
+# gaining 0.1 to 0.9, then a slow phase at 0.05 falling to 0.01, where the
+# Gauss-Newton model misses the residuals' curvature. Newton ends the slow
+# phase within 40 steps, but from a plateau or in the fast descent it is
+# slower than Gauss-Newton (docs/benchmarks.md, "Newton after
+# Gauss-Newton"). So: after the average has passed NEWTON_FAST, switch once
+# it has stayed within [NEWTON_SLOW_LOW, NEWTON_SLOW_HIGH] for NEWTON_AFTER
+# consecutive iterations. From every one of the eight nets this switches
+# between iterations 113 and 205, in the slow phase, with 10 to 30 slow
+# iterations alike.
+NEWTON_GAIN_WEIGHT = 0.1
+NEWTON_FAST = 0.1
+NEWTON_SLOW_LOW = 2e-3
+NEWTON_SLOW_HIGH = 5e-2
+NEWTON_AFTER = 20
+#: The gain of a step that gained nothing (a rejected one), in the average.
+NEWTON_GAIN_FLOOR = 1e-12
 
 
 @jax.tree_util.register_dataclass
@@ -177,6 +202,15 @@ class TRNCGHyperparams:
       matrix of a network is singular; ``mu`` keeps the step off its null
       space (ENGD's damping). Larger values shorten the step along flat
       directions, and slow the final convergence.
+    newton_finish: with the dense Gauss-Newton solver and at most
+      :data:`DENSE_MAX_PARAMS` params, switch to the exact Hessian's step
+      (as ``solver="dense"`` with an exact-Hessian ``hvp_mode`` takes it)
+      once the Gauss-Newton run has slowed to a steady linear rate, and stay
+      there; ``True`` by default. Near the fit the Gauss-Newton model misses
+      the residuals' own curvature along flat directions, and the rate falls
+      with it; Newton takes ``P`` HVPs and one eigendecomposition per
+      iteration. ``info.newton`` marks its iterations. Not for losses with a
+      ``jax.custom_vjp`` (no forward-mode Hessian). Static: it selects code.
   """
 
   initial_radius: Any = 1.0
@@ -199,6 +233,9 @@ class TRNCGHyperparams:
   has_aux: bool = dataclasses.field(default=False, metadata=dict(static=True))
   nystrom_rank: int = dataclasses.field(default=0, metadata=dict(static=True))
   solver: str = dataclasses.field(default=AUTO, metadata=dict(static=True))
+  newton_finish: bool = dataclasses.field(
+    default=True, metadata=dict(static=True)
+  )
 
   def validate(self) -> "TRNCGHyperparams":
     """Raises ``ValueError`` naming any parameter outside its allowed range.
@@ -283,8 +320,11 @@ class TRNCGHyperparams:
         "inexact_newton must be a bool (True or False), got "
         f"{self.inexact_newton!r}"
       )
-    if not isinstance(self.has_aux, bool):
-      raise ValueError(f"has_aux must be a bool, got {self.has_aux!r}")
+    for name in ("has_aux", "newton_finish"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(
+          f"{name} must be a bool (True or False), got {getattr(self, name)!r}"
+        )
     check_number("nystrom_rank", self.nystrom_rank, 0, 2**31 - 1, integer=True)
     check_number(
       "nystrom_refresh", self.nystrom_refresh, 1, 2**31 - 1, integer=True
@@ -379,7 +419,13 @@ class TRNCGHyperparams:
 
 
 # Fields that select code rather than hold numbers: never cast to arrays.
-STATIC_FIELDS = ("hvp_mode", "has_aux", "nystrom_rank", "solver")
+STATIC_FIELDS = (
+  "hvp_mode",
+  "has_aux",
+  "nystrom_rank",
+  "solver",
+  "newton_finish",
+)
 
 
 def uses_dense_solver(
@@ -402,6 +448,26 @@ def uses_dense_solver(
     return n_params <= DENSE_MAX_PARAMS
   m = min(n_residuals, n_params)
   return n_residuals * n_params * m <= DENSE_MAX_FLOPS
+
+
+def newton_mode(
+  hyperparams: TRNCGHyperparams, params: Any, loss: Callable[[Any], Any]
+) -> Optional[str]:
+  """The exact-Hessian ``hvp_mode`` that ``newton_finish`` switches to for
+  ``params`` and ``loss`` (a function of params alone), or ``None`` where it
+  does not apply: only after dense Gauss-Newton steps, with at most
+  :data:`DENSE_MAX_PARAMS` params (``P`` HVPs per iteration) and a loss
+  that forward mode can differentiate."""
+  if not (
+    hyperparams.newton_finish
+    and hyperparams.hvp_mode == hvp_lib.GAUSS_NEWTON
+    and uses_dense_solver(hyperparams, params, loss)
+    and sum(jnp.size(x) for x in jax.tree.leaves(params)) <= DENSE_MAX_PARAMS
+  ):
+    return None
+  if hvp_lib.uses_custom_vjp(jax.make_jaxpr(loss)(params).jaxpr):
+    return None
+  return hvp_lib.FORWARD_OVER_REVERSE
 
 
 #: The hyperparameters of Boyd & Tanadi (2025), for reproducing the paper:
@@ -442,6 +508,8 @@ class TRNCGInfo(NamedTuple):
     trials: the trial points evaluated, each one value and gradient: 1, or
       up to :data:`DENSE_TRIALS` with the dense solver, which tries a
       rejected step again at the shrunk radius within the iteration.
+    newton: whether the step was the exact Hessian's, after the switch of
+      ``newton_finish``.
     aux: with ``has_aux``, the loss's aux output at the params returned by
       this update (the accepted point); ``None`` otherwise.
   """
@@ -459,6 +527,7 @@ class TRNCGInfo(NamedTuple):
   accepted: jax.Array
   status: jax.Array
   trials: jax.Array
+  newton: jax.Array
   aux: Any = None
 
 
@@ -500,6 +569,11 @@ class TRNCGState(NamedTuple):
       not), whose length in the old and the new preconditioner's norm
       rescales the radius when the preconditioner is rebuilt (see
       :func:`norm_ratio`); ``None`` otherwise.
+    gain: the running average of ``log10`` of the gain per step, ``(f -
+      f') / f``, that ``newton_finish`` watches (see :data:`NEWTON_AFTER`).
+    slow_steps: ``-1`` until ``gain`` has passed :data:`NEWTON_FAST`, then
+      the count of consecutive iterations with ``gain`` in the slow band;
+      the steps are Newton's from :data:`NEWTON_AFTER` on.
   """
 
   count: jax.Array
@@ -511,6 +585,8 @@ class TRNCGState(NamedTuple):
   nystrom: Optional[NystromFactors] = None
   point: Any = None
   last_step: Any = None
+  gain: Any = None
+  slow_steps: Any = None
 
   # The protocol of trncg_jax.solve (see its module docstring).
 
@@ -590,6 +666,7 @@ def init_state(
     accepted=jnp.asarray(False),
     status=jnp.asarray(StepStatus.ACCEPTED, jnp.int32),
     trials=jnp.zeros((), jnp.int32),
+    newton=jnp.asarray(False),
     aux=aux,
   )
   state = TRNCGState(
@@ -608,6 +685,8 @@ def init_state(
     last_step=(
       optax.tree.zeros_like(params) if hyperparams.nystrom_rank else None
     ),
+    gain=jnp.asarray(np.log10(NEWTON_GAIN_FLOOR), dtype),
+    slow_steps=jnp.asarray(-1, jnp.int32),
   )
   return distinct_buffers(state)
 
@@ -725,28 +804,39 @@ def trust_region_step(
     )
     sketch_hvps = jnp.where(refresh, hp.nystrom_rank, 0)
     preconditioner = factors.preconditioner(grad)
-  if dense_gn:
-    solve = dense_solver(
+  finish_mode = newton_mode(hp, params, curvature_fun)
+
+  def gauss_newton_solver():
+    return dense_solver(
       curvature_fun,
       params,
       grad,
       hp.dense_damping,
       loss_only(fun, hp.has_aux),  # the damped search picks by the loss
     )
-  elif dense:
-    solve = newton_solver(hvp, params, grad)
-  else:
-    solve = lambda radius, _: cg_steihaug(
+
+  def cg_solve(radius, _):
+    return cg_steihaug(
       grad, hvp, radius, tol, hp.max_cg_steps, preconditioner, rtol
     )
+
+  # Each builds its solve(radius, damped) when called (a factorization).
+  if dense_gn:
+    solver = gauss_newton_solver
+  elif dense:
+    solver = lambda: newton_solver(hvp, params, grad)
+  else:
+    solver = lambda: cg_solve
   least_squares = isinstance(fun, LeastSquares) and not hp.has_aux
   # One forward pass, outside the retries (XLA can share it with the
   # curvature's linearization).
   residuals = fun.residual_fn(params) if least_squares else None
 
-  def attempt(radius: jax.Array, damped: jax.Array, trials) -> Attempt:
+  def attempt(
+    solve, searched: bool, radius: jax.Array, damped: jax.Array, trials
+  ) -> Attempt:
     cg = solve(radius, damped)
-    if dense_gn:
+    if searched:
       # The dense Gauss-Newton step searched radii around Delta: the region
       # is the one whose step was taken.
       radius = jnp.where(
@@ -845,24 +935,49 @@ def trust_region_step(
       jnp.asarray(trials, jnp.int32),
     )
 
-  last = attempt(radius, state.info.cg_status == CGStatus.DAMPED, 1)
-  if dense:
-    # A rejected step is tried again at the shrunk radius from the same
-    # factorization, within the iteration (the inner loop of MINPACK's
-    # lmder: More 1978, pp. 105-116): a retry costs one gradient, not P JVPs
-    # or a Jacobian. The steps are those that as many iterations would take.
-    last = jax.lax.while_loop(
-      lambda a: (
-        (
-          (a.status == StepStatus.REJECTED)
-          | (a.status == StepStatus.NON_FINITE_TRIAL)
-        )
-        & (a.trials < DENSE_TRIALS)
+  def iterate(solve, searched: bool) -> Attempt:
+    last = attempt(
+      solve, searched, radius, state.info.cg_status == CGStatus.DAMPED, 1
+    )
+    if dense:
+      # A rejected step is tried again at the shrunk radius from the same
+      # factorization, within the iteration (the inner loop of MINPACK's
+      # lmder: More 1978, pp. 105-116): a retry costs one gradient, not P
+      # JVPs or a Jacobian. The steps are those that as many iterations
+      # would take.
+      last = jax.lax.while_loop(
+        lambda a: (
+          (
+            (a.status == StepStatus.REJECTED)
+            | (a.status == StepStatus.NON_FINITE_TRIAL)
+          )
+          & (a.trials < DENSE_TRIALS)
+        ),
+        lambda a: attempt(
+          solve,
+          searched,
+          a.new_radius,
+          a.cg.status == CGStatus.DAMPED,
+          a.trials + 1,
+        ),
+        last,
+      )
+    return last
+
+  newton = state.slow_steps >= NEWTON_AFTER
+  if finish_mode is None:
+    last = iterate(solver(), dense_gn)
+  else:
+    # Only the taken branch forms its matrix (J, or H from P HVPs).
+    last = jax.lax.cond(
+      newton,
+      lambda: iterate(
+        newton_solver(
+          hvp_lib.make_hvp(curvature_fun, params, finish_mode), params, grad
+        ),
+        False,
       ),
-      lambda a: attempt(
-        a.new_radius, a.cg.status == CGStatus.DAMPED, a.trials + 1
-      ),
-      last,
+      lambda: iterate(gauss_newton_solver(), True),
     )
   cg, accepted = last.cg, last.accepted
   updates = optax.tree.where(accepted, cg.step, optax.tree.zeros_like(cg.step))
@@ -882,20 +997,59 @@ def trust_region_step(
     accepted=accepted,
     status=last.status,
     trials=last.trials,
+    newton=newton,
     aux=optax.tree.where(accepted, last.aux, aux),
   )
+  gain, slow_steps = state.gain, state.slow_steps
+  new_radius = last.new_radius
+  if finish_mode is not None:
+    gain, slow_steps = newton_clock(
+      state.gain,
+      state.slow_steps,
+      jnp.where(accepted, last.actual_reduction / value, 0.0),
+    )
+    # Newton's region is Euclidean, not the Gauss-Newton one's function
+    # space: it starts afresh, and shrinks within its first iteration.
+    new_radius = jnp.where(
+      ~newton & (slow_steps >= NEWTON_AFTER), hp.initial_radius, new_radius
+    )
   new_state = TRNCGState(
     count=state.count + 1,
     value=new_value,
     grad=new_grad,
-    radius=last.new_radius,
+    radius=new_radius,
     hyperparams=hp,
     info=info,
     nystrom=factors,
     point=optax.tree.where(accepted, last.trial, params),
     last_step=cg.step if hp.nystrom_rank else None,
+    gain=gain,
+    slow_steps=slow_steps,
   )
   return updates, new_state
+
+
+def newton_clock(
+  gain: jax.Array, slow_steps: jax.Array, relative_gain: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """The next ``(gain, slow_steps)`` of :class:`TRNCGState` after a step
+  that lowered the loss by ``relative_gain`` times its value (see
+  :data:`NEWTON_AFTER`); once ``slow_steps`` reaches ``NEWTON_AFTER`` it
+  stays."""
+  log_gain = jnp.log10(
+    jnp.clip(
+      jnp.nan_to_num(relative_gain, nan=0.0).astype(gain.dtype),
+      NEWTON_GAIN_FLOOR,
+      1.0,
+    )
+  )
+  gain = (1 - NEWTON_GAIN_WEIGHT) * gain + NEWTON_GAIN_WEIGHT * log_gain
+  started = (slow_steps >= 0) | (gain > np.log10(NEWTON_FAST))
+  slow = (gain >= np.log10(NEWTON_SLOW_LOW)) & (
+    gain <= np.log10(NEWTON_SLOW_HIGH)
+  )
+  next_steps = jnp.where(started, jnp.where(slow, slow_steps + 1, 0), -1)
+  return gain, jnp.where(slow_steps >= NEWTON_AFTER, slow_steps, next_steps)
 
 
 def norm_ratio(step: Any, old: NystromFactors, new: NystromFactors):
@@ -966,6 +1120,7 @@ def trncg_init(
   has_aux: bool = DEFAULTS.has_aux,
   nystrom_rank: Int = DEFAULTS.nystrom_rank,
   solver: str = DEFAULTS.solver,
+  newton_finish: bool = DEFAULTS.newton_finish,
 ) -> TRNCGState:
   """Initializes the trust-region Newton-CG state for :func:`trncg_update`.
 
