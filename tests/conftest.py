@@ -10,9 +10,13 @@ itself does not use it: with the dense Gauss-Newton programs grown by the
 Newton branch, reading them back in-process crashed jaxlib 0.10.2 (a
 segmentation fault in ``compilation_cache.get_executable_and_time``, twice
 in a row, in tests/test_pinn_benchmark.py after the earlier files).
+
+Each test module's compiled programs are released when it ends: the session
+kept every executable loaded, and the next compilation aborted there too.
 """
 
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -25,6 +29,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_enable_compilation_cache", False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  yield
+  jax.clear_caches()
+  gc.collect()
