@@ -11,8 +11,10 @@ Newton branch, reading them back in-process crashed jaxlib 0.10.2 (a
 segmentation fault in ``compilation_cache.get_executable_and_time``, twice
 in a row, in tests/test_pinn_benchmark.py after the earlier files).
 
-Each test module's compiled programs are released when it ends: the session
-kept every executable loaded, and the next compilation aborted there too.
+Each test module's compiled programs are released when it ends. The session
+kept every executable loaded, each with its memory mappings, and passed the
+kernel's limit of 65,530 (``vm.max_map_count``) in test_pinn_benchmark: the
+next compilation aborted there too.
 """
 
 import atexit
@@ -28,15 +30,22 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import importlib  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_enable_compilation_cache", False)
+# The module, not the function that trncg_jax exports under its name.
+solve_module = importlib.import_module("trncg_jax.solve")
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
   yield
+  # solve keeps its compiled loops too (64 of them, each with its data).
+  solve_module._COMPILED.clear()
+  solve_module._build_run.cache_clear()
   jax.clear_caches()
   gc.collect()
