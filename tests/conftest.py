@@ -5,16 +5,15 @@ doctests run in subprocesses (see test_docs.py), so they see JAX's defaults.
 
 One persistent XLA compilation cache serves the processes the session
 starts: the heat notebook compiles the same programs as the tiny paper run
-(the notebook took 147 s without it, 110 s with it, on 2 cores). The session
-itself does not use it: with the dense Gauss-Newton programs grown by the
-Newton branch, reading them back in-process crashed jaxlib 0.10.2 (a
-segmentation fault in ``compilation_cache.get_executable_and_time``, twice
-in a row, in tests/test_pinn_benchmark.py after the earlier files).
+(the notebook took 147 s without it, 110 s with it, on 2 cores).
 
 Each test module's compiled programs are released when it ends. The session
-kept every executable loaded, each with its memory mappings, and passed the
-kernel's limit of 65,530 (``vm.max_map_count``) in test_pinn_benchmark: the
-next compilation aborted there too.
+kept every executable loaded, each with its memory mappings, and once the
+Newton branch had grown the dense Gauss-Newton programs it passed the
+kernel's limit of 65,530 (``vm.max_map_count``) in test_pinn_benchmark:
+jaxlib crashed there, reading the cache twice and compiling once. The
+session itself stopped using the cache while that was found; with the
+release in place it could use it again (not measured).
 """
 
 import atexit
