@@ -261,7 +261,7 @@ def _init(params, config: NonlinearCGConfig) -> NonlinearCGState:
     )
   else:
     ls_state = ls.init(jax.tree.map(jnp.asarray, params))  # Python floats
-  n = sum(jnp.size(x) for x in jax.tree_util.tree_leaves(params))
+  n = optax.tree.size(params)
   zero, inf = jnp.zeros((), dtype), jnp.asarray(jnp.inf, dtype)
   return distinct_buffers(
     NonlinearCGState(

@@ -166,7 +166,7 @@ def _implicit_cotangent(loss_fn, has_aux, params, args, cotangent):
 
   hvp = hvp_lib.make_hvp(loss_at(args), params, hvp_lib.FORWARD_OVER_REVERSE)
   dtype = jnp.result_type(*jax.tree.leaves(params))
-  size = sum(jnp.size(x) for x in jax.tree.leaves(params))
+  size = optax.tree.size(params)
   # -v as the "gradient" of the model: CG's minimizer is H^{-1} v.
   solved = cg_steihaug(
     optax.tree.scale(-1.0, cotangent),

@@ -437,7 +437,7 @@ def uses_dense_solver(
     return hyperparams.solver == DENSE
   if hyperparams.hvp_mode != hvp_lib.GAUSS_NEWTON or hyperparams.nystrom_rank:
     return False
-  n_params = sum(jnp.size(x) for x in jax.tree.leaves(params))
+  n_params = optax.tree.size(params)
   if not isinstance(loss, LeastSquares):  # no residuals to count
     return n_params <= DENSE_MAX_PARAMS
   residuals = jax.eval_shape(loss.residual_fn, params)
@@ -462,7 +462,7 @@ def newton_mode(
     hyperparams.newton_finish
     and hyperparams.hvp_mode == hvp_lib.GAUSS_NEWTON
     and uses_dense_solver(hyperparams, params, loss)
-    and sum(jnp.size(x) for x in jax.tree.leaves(params)) <= DENSE_MAX_PARAMS
+    and optax.tree.size(params) <= DENSE_MAX_PARAMS
   ):
     return None
   if hvp_lib.uses_custom_vjp(jax.make_jaxpr(loss)(params).jaxpr):
@@ -637,7 +637,7 @@ def init_state(
       "loss_fn, params, *args)[1]). trncg_jax.solve(..., has_aux=True) does "
       "this for you."
     )
-  num_params = sum(jnp.size(x) for x in jax.tree_util.tree_leaves(params))
+  num_params = optax.tree.size(params)
   if hyperparams.nystrom_rank > num_params:
     raise ValueError(
       f"nystrom_rank must be an integer in [0, {num_params}] (the number of "
