@@ -69,7 +69,7 @@ N_P_SIZES = (3,) + (24,) * 5 + (1,)
 
 
 def count_params(params) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+  return optax.tree.size(params)
 
 
 @functools.lru_cache(maxsize=None)

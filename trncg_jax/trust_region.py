@@ -441,7 +441,7 @@ def uses_dense_solver(
   if not isinstance(loss, LeastSquares):  # no residuals to count
     return n_params <= DENSE_MAX_PARAMS
   residuals = jax.eval_shape(loss.residual_fn, params)
-  n_residuals = sum(r.size for r in jax.tree.leaves(residuals))
+  n_residuals = optax.tree.size(residuals)
   if n_residuals * n_params > DENSE_MAX_ENTRIES:
     return False
   if loss.jacobian_fn is None:
