@@ -59,6 +59,7 @@ SECTIONS = (
       "results/pinn_poisson_9873/pinn.md",
       "results/pinn_heat_smooth/pinn.md",
       "results/pinn_heat/pinn.md",
+      "results/pinn_heat_2026-12-06/pinn.md",
     ),
   ),
   Section(

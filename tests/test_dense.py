@@ -102,19 +102,32 @@ def _damped_reference(jac, y, x, radius):
 
 
 def _searched(candidate, jac, y, x, radius):
-  """Of ``candidate(radius * s)`` over ``dense.SEARCH_SCALES``, the one with
-  the lowest loss ``||J (x + p) - y||^2`` (NumPy), and its radius."""
+  """Of ``candidate(r)`` over ``r`` in ``radius * dense.SEARCH_SCALES``, the
+  one with the lowest loss ``||J (x + p) - y||^2`` (NumPy), and its radius;
+  while the longest ``r`` is the best, the radii move up by the grid's span
+  (16), at most ``dense.SEARCH_EXTENSIONS`` times. On a linear problem the
+  loss falls along both the damped curve and the Gauss-Newton step, so one
+  family decides when to move as both do."""
   loss = lambda p: np.sum((jac @ (x + p) - y) ** 2)
   radii = [radius * s for s in dense.SEARCH_SCALES]
-  best = min(radii, key=lambda r: loss(candidate(jac, y, x, r)[0]))
+  for moves in range(dense.SEARCH_EXTENSIONS + 1):
+    best = min(radii, key=lambda r: loss(candidate(jac, y, x, r)[0]))
+    if best != radii[-1] or moves == dense.SEARCH_EXTENSIONS:
+      break
+    radii = [r * radii[-1] / radii[0] for r in radii]
   return candidate(jac, y, x, best), best
 
 
+@pytest.mark.parametrize("extensions", [0, 3])
 @pytest.mark.parametrize("n, p", [(12, 5), (5, 12)], ids=["P", "N"])
-def test_tiny_cut_takes_the_levenberg_marquardt_point(n, p):
+def test_tiny_cut_takes_the_levenberg_marquardt_point(
+  n, p, extensions, monkeypatch
+):
   """The region cuts the Gauss-Newton step below DAMPED_BELOW of its length:
   the step is the damped point on the boundary (both systems), at the radius
-  of SEARCH_SCALES that gives the lowest loss."""
+  of SEARCH_SCALES that gives the lowest loss; where the longest is the
+  best, the search goes on to longer radii (``SEARCH_EXTENSIONS``)."""
+  monkeypatch.setattr(dense, "SEARCH_EXTENSIONS", extensions)
   jac, y, loss = _linear_problem(n, p, seed=4)
   x = jnp.asarray(np.linspace(-1, 1, p))
   grad = jax.grad(loss)(x)
@@ -128,17 +141,26 @@ def test_tiny_cut_takes_the_levenberg_marquardt_point(n, p):
   np.testing.assert_allclose(res.step, step, rtol=1e-7)
   np.testing.assert_allclose(res.predicted_reduction, predicted, rtol=1e-7)
   np.testing.assert_allclose(res.step_norm, best, rtol=1e-12)
-  # This small, the damped point is along -g, and the cut step is not.
-  cosine = lambda u: -(u @ grad) / np.linalg.norm(u) / np.linalg.norm(grad)
-  assert cosine(res.step) > 0.9999 > 0.99 > cosine(np.asarray(full.step))
+  # Each longer step lowers a linear problem's loss: the search takes the
+  # longest radius it may reach.
+  np.testing.assert_allclose(best, radius * 4 * 16**extensions, rtol=1e-12)
+  if not extensions:
+    # This small, the damped point is along -g, and the cut step is not.
+    cosine = lambda u: -(u @ grad) / np.linalg.norm(u) / np.linalg.norm(grad)
+    assert cosine(res.step) > 0.9999 > 0.99 > cosine(np.asarray(full.step))
 
 
-def test_damped_mode_keeps_the_gauss_newton_step_when_it_is_better():
+@pytest.mark.parametrize("extensions", [0, 3])
+def test_damped_mode_keeps_the_gauss_newton_step_when_it_is_better(
+  extensions, monkeypatch
+):
   """After a damped step, the Gauss-Newton step cut to ``tau >=
   DAMPED_BELOW`` is kept when it lowers the loss more, at its best radius of
   SEARCH_SCALES: on a linear least squares problem it minimizes the loss
-  over the region, so it always is. Without a damped step before, the step
-  is cut to the radius itself."""
+  over the region, so it always is; with the search moved up while its
+  longest step is the best, it reaches the full step. Without a damped step
+  before, the step is cut to the radius itself."""
+  monkeypatch.setattr(dense, "SEARCH_EXTENSIONS", extensions)
   jac, y, loss = _linear_problem(12, 5, seed=5)
   x = jnp.asarray(np.linspace(-1, 1, 5))
   grad = jax.grad(loss)(x)
@@ -149,12 +171,17 @@ def test_damped_mode_keeps_the_gauss_newton_step_when_it_is_better():
     undamped.step, reference(jac, y, np.asarray(x), 0.1)[0], rtol=1e-9
   )
   res = dense.dense_gauss_newton(loss, x, grad, radius, 0.0, True)
-  (step, _, _), best = _searched(reference, jac, y, np.asarray(x), 0.1)
-  assert CGStatus(int(res.status)) == CGStatus.HIT_BOUNDARY
-  np.testing.assert_allclose(res.step, step, rtol=1e-9)
-  np.testing.assert_allclose(res.step_norm, best, rtol=1e-9)
+  (step, _, norm), best = _searched(reference, jac, y, np.asarray(x), 0.1)
   full = dense.dense_gauss_newton(loss, x, grad, jnp.asarray(1e6), 0.0)
-  assert 0.1 < best < float(full.step_norm)  # past the radius, still cut
+  np.testing.assert_allclose(res.step, step, rtol=1e-9)
+  np.testing.assert_allclose(res.step_norm, norm, rtol=1e-9)
+  if extensions:  # the full step, at the first radius past its length
+    assert CGStatus(int(res.status)) == CGStatus.CONVERGED
+    np.testing.assert_allclose(res.step, full.step, rtol=1e-12)
+    assert 0.1 * 16 < float(full.step_norm) < best
+  else:
+    assert CGStatus(int(res.status)) == CGStatus.HIT_BOUNDARY
+    assert 0.1 < best < float(full.step_norm)  # past the radius, still cut
 
 
 def test_damped_steps_leave_a_start_where_the_gauss_newton_step_stalls(
@@ -387,10 +414,13 @@ def test_dense_needs_least_squares_loss():
     )
 
 
-def test_the_region_follows_the_searched_radius():
+@pytest.mark.parametrize("extensions", [0, 3])
+def test_the_region_follows_the_searched_radius(extensions, monkeypatch):
   """A damped step taken at ``4 Delta`` (the best of SEARCH_SCALES on a linear
   problem, where rho = 1) expands the region from ``4 Delta``, not from
-  ``Delta``: 8 Delta next."""
+  ``Delta``: 8 Delta next; with the search moved up by its span (16) three
+  times, from ``4 * 16^3 Delta`` within the one iteration."""
+  monkeypatch.setattr(dense, "SEARCH_EXTENSIONS", extensions)
   _, _, loss = _linear_problem(12, 5, seed=6)
   x = jnp.asarray(np.linspace(-1, 1, 5))
   full = dense.dense_gauss_newton(
@@ -404,8 +434,9 @@ def test_the_region_follows_the_searched_radius():
   assert CGStatus(int(state.info.cg_status)) == CGStatus.DAMPED
   assert bool(state.info.accepted)
   np.testing.assert_allclose(state.info.rho, 1.0, rtol=1e-6)
-  np.testing.assert_allclose(state.info.radius, 4 * radius, rtol=1e-12)
-  np.testing.assert_allclose(state.radius, 8 * radius, rtol=1e-12)
+  reached = 4 * 16**extensions * radius
+  np.testing.assert_allclose(state.info.radius, reached, rtol=1e-12)
+  np.testing.assert_allclose(state.radius, 2 * reached, rtol=1e-12)
 
 
 def test_a_rejected_step_is_retried_within_the_iteration(monkeypatch):
@@ -676,3 +707,36 @@ def test_newton_finish_applies_to_small_dense_gauss_newton_only():
     lambda x: softplus(x), lambda x: jnp.diag(jax.nn.sigmoid(x))
   )
   assert mode(x0, custom) is None
+
+
+def test_low_precision_forms_the_model_in_float32_and_judges_in_float64():
+  """``low_precision``: B, its factor and its eigenpairs in float32 (mu
+  floored at float32's ulps), so the step agrees with the float64 one to
+  float32's accuracy and no further; the predicted reduction is still the
+  float64 model's value at the step taken, and float32 params are unchanged
+  by the flag."""
+  jac, y, loss = _linear_problem(40, 6, seed=7)
+  x = jnp.asarray(np.linspace(-1, 1, 6))
+  grad = jax.grad(loss)(x)
+  for radius, damped in ((1e3, False), (1e-3, True)):
+    exact = dense.dense_solver(loss, x, grad, 0.0)(radius, damped)
+    low = dense.dense_solver(loss, x, grad, 0.0, low_precision=True)(
+      radius, damped
+    )
+    assert low.step.dtype == jnp.float64
+    error = np.abs(low.step - exact.step).max() / np.abs(exact.step).max()
+    assert 1e-12 < error < 1e-4
+    # The model judged in float64 at the step taken (the reference's B).
+    p, r = np.asarray(low.step), jac @ np.asarray(x) - y
+    predicted = -(2 * r @ jac @ p + p @ jac.T @ jac @ p)
+    np.testing.assert_allclose(low.predicted_reduction, predicted, rtol=1e-12)
+  x32 = x.astype(jnp.float32)
+  loss32 = _linear_problem(40, 6, seed=7, dtype=np.float32)[2]
+  grad32 = jax.grad(loss32)(x32)
+  steps = [
+    dense.dense_solver(loss32, x32, grad32, 0.0, low_precision=flag)(
+      jnp.float32(1e3), False
+    ).step
+    for flag in (False, True)
+  ]
+  np.testing.assert_array_equal(steps[0], steps[1])

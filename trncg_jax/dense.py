@@ -25,7 +25,10 @@ steps. Where the Gauss-Newton direction is poor, the region would shrink
 until its step is a sliver (:data:`DAMPED_BELOW`); there the step is the
 Levenberg-Marquardt point on the boundary instead, which turns towards the
 gradient (``CGStatus.DAMPED``), tried at a few radii around the region's
-(:data:`SEARCH_SCALES`), of which the lowest loss wins.
+(:data:`SEARCH_SCALES`, moved up while the longest is the best:
+:data:`SEARCH_EXTENSIONS`), of which the lowest loss wins. After a damped
+step the model is formed in float32 (``low_precision`` of
+:func:`dense_solver`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,14 @@ DAMPED_BELOW = 1e-5
 #: without it, and none of 71 damped steps with it (docs/benchmarks.md, "How
 #: the defaults were chosen").
 SEARCH_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+#: The most times the search moves its grid up by its span (16) while the
+#: longest step is the best: a reach of 4 * 16^3 = 16,384 times the radius,
+#: each move ten values of the loss. At the start of the discontinuous heat
+#: PINN the region grew 8-fold an iteration for five iterations (1e-4 to
+#: 0.5); with the moves it gets there within the first (docs/benchmarks.md,
+#: "How the defaults were chosen").
+SEARCH_EXTENSIONS = 3
 
 #: Working memory of one batch of the JVPs that form ``J``: the batch size is
 #: this over the bytes of one JVP's intermediates, counted in its jaxpr. A
@@ -155,16 +166,18 @@ def dense_gauss_newton(
 
   The step is ``tau d``: a smaller region shortens it but never turns it.
   When the region cuts it below :data:`DAMPED_BELOW` of its length, or the
-  last step was damped (and ``tau < 1``), the candidates are, for each
-  ``s`` in :data:`SEARCH_SCALES`, the Levenberg-Marquardt point
+  last step was damped, the candidates are, for each ``s`` in
+  :data:`SEARCH_SCALES`, the Levenberg-Marquardt point
   ``p = -(B + lambda I)^-1 g``, ``lambda >= mu`` with ``||p||_A = s Delta``,
-  which turns towards ``-g`` as the region shrinks, and ``d`` cut to
-  ``s Delta`` (one eigendecomposition, and ten values of ``loss`` in two
-  vectorized calls). The damped point with the lowest loss is the step,
-  unless ``tau >= DAMPED_BELOW`` and a cut Gauss-Newton step gives a lower
-  loss still (then the best of those). So damped steps grow the region until
-  the Gauss-Newton step wins again, and the two do not alternate at the
-  threshold.
+  which turns towards ``-g`` as the region shrinks (``d`` itself past
+  ``||d||_A``), and ``d`` cut to ``s Delta`` (one eigendecomposition, and ten
+  values of ``loss`` in two vectorized calls). While the longest of them is
+  the best and shorter than ``d``, the radii move up by the grid's span, 16,
+  at most :data:`SEARCH_EXTENSIONS` times. The damped point with the lowest
+  loss is the step, unless ``tau >= DAMPED_BELOW`` and a cut Gauss-Newton
+  step gives a lower loss still (then the best of those). So damped steps
+  grow the region until the Gauss-Newton step wins again, and the two do not
+  alternate at the threshold.
 
   Args:
     loss: a :class:`trncg_jax.LeastSquares` of params alone.
@@ -202,14 +215,22 @@ def dense_solver(
   grad: Any,
   damping: jax.Array,
   objective: Callable[[Any], jax.Array] | None = None,
+  low_precision: jax.Array | bool = False,
 ) -> Callable[[jax.Array, jax.Array], SteihaugResult]:
   """The factorization of :func:`dense_gauss_newton` at ``params``, once:
   returns ``solve(radius, damped)``, whose calls cost a product with ``J``
   and, in damped mode, an eigendecomposition and ten values of
-  ``objective`` (``loss`` when ``None``; the trust region passes its own
+  ``objective`` for each grid of radii searched (``loss`` when ``None``; the trust region passes its own
   loss, which differs from ``loss`` with a sub-batch's curvature), so that
   a rejected step can be tried again at a smaller radius without forming
-  ``J`` again."""
+  ``J`` again.
+
+  Where ``low_precision`` (a traced bool) holds and the params are float64,
+  ``B``, its Cholesky factor and its eigendecomposition are computed in
+  float32 (at half the cost: :func:`in_float32`), and ``mu`` is floored at
+  float32's ulps; ``J``, the gradient, the predicted reduction and the loss
+  values stay float64, so the trust region still judges each step
+  exactly."""
   objective = loss if objective is None else objective
   flat_grad, unravel = ravel_pytree(grad)
   dtype = flat_grad.dtype
@@ -229,13 +250,22 @@ def dense_solver(
   # Fewer residuals than params: the same d from the N x N system, by
   # (2 J^T J + mu I)^-1 J^T = J^T (2 J J^T + mu I)^-1 and g = 2 J^T r.
   in_residual_space = jac_t.shape[1] < size
-  curvature = 2.0 * (jac_t.T @ jac_t if in_residual_space else jac_t @ jac_t.T)
-  trace = jnp.trace(curvature)  # tr(2 J^T J) = tr(2 J J^T)
-  mu = jnp.maximum(
-    damping * trace / size, DAMPING_FLOOR_ULPS * jnp.finfo(dtype).eps * trace
+  curvature = in_float32(
+    low_precision,
+    lambda j: 2.0 * (j.T @ j if in_residual_space else j @ j.T),
+    jac_t,
   )
-  factor = jax.scipy.linalg.cho_factor(
-    curvature + mu * jnp.eye(curvature.shape[0], dtype=dtype), lower=True
+  trace = jnp.trace(curvature)  # tr(2 J^T J) = tr(2 J J^T)
+  eps = jnp.where(
+    low_precision & (dtype == jnp.float64),
+    jnp.finfo(jnp.float32).eps,
+    jnp.finfo(dtype).eps,
+  ).astype(dtype)
+  mu = jnp.maximum(damping * trace / size, DAMPING_FLOOR_ULPS * eps * trace)
+  factor = in_float32(
+    low_precision,
+    jnp.linalg.cholesky,
+    curvature + mu * jnp.eye(curvature.shape[0], dtype=dtype),
   )
   if in_residual_space:
     r = ravel_pytree(loss.residual_fn(params))[0].astype(dtype)
@@ -243,7 +273,7 @@ def dense_solver(
     to_params = lambda y: -jac_t @ y  # p = -J^T (2 J J^T + lam I)^-1 2r
   else:
     rhs, to_params = g, lambda y: -y
-  d = to_params(jax.scipy.linalg.cho_solve(factor, rhs))
+  d = to_params(jax.scipy.linalg.cho_solve((factor, True), rhs))
   d_norm_sq = -(g @ d)  # ||d||_A^2, in scaled units
   finite = jnp.all(jnp.isfinite(d)) & (d_norm_sq > 0)
   d = jnp.where(finite, d, 0.0)
@@ -253,7 +283,7 @@ def dense_solver(
     tau = jnp.where(finite, jnp.minimum(1.0, radius / d_norm), 0.0)
     gauss_newton = (tau * d, jnp.asarray(False), tau * d_norm)
     step, is_damped, step_norm = jax.lax.cond(
-      finite & (tau < 1) & (damped | (tau < DAMPED_BELOW)),
+      finite & (damped | (tau < DAMPED_BELOW)),
       lambda: damped_step(radius, tau),
       lambda: gauss_newton,
     )
@@ -276,7 +306,7 @@ def dense_solver(
     )
 
   def damped_step(radius, tau):
-    eigenvalues, vectors = jnp.linalg.eigh(curvature)
+    eigenvalues, vectors = in_float32(low_precision, jnp.linalg.eigh, curvature)
     eigenvalues = jnp.maximum(eigenvalues, 0.0)
     c = vectors.T @ rhs
     # ||p(lam)||_A^2 = sum_i weight_i / (lambda_i + lam)^2, decreasing in lam.
@@ -286,30 +316,75 @@ def dense_solver(
       else eigenvalues + mu
     )
     norm_at = lambda lam: jnp.sqrt(jnp.sum(weight / (eigenvalues + lam) ** 2))
+
     # The region sets the scale, the loss picks the length: the damped
-    # point at each of SEARCH_SCALES times the radius, one loss value each.
-    radii = jnp.asarray(SEARCH_SCALES, dtype) * radius
-    targets = scale_tree(radii, -exponent)
-    lams = jax.vmap(
-      lambda t: bisect_decreasing(
-        norm_at, t, mu, jnp.maximum(mu, jnp.sqrt(jnp.sum(weight)) / t)
+    # point at each of SEARCH_SCALES times the radius, one loss value each,
+    # and the Gauss-Newton step cut to the same radii, for a fair choice.
+    def candidates(radii):
+      lams = jax.vmap(
+        lambda t: bisect_decreasing(
+          norm_at, t, mu, jnp.maximum(mu, jnp.sqrt(jnp.sum(weight)) / t)
+        )
+      )(scale_tree(radii, -exponent))
+      taus = jnp.minimum(1.0, radii / d_norm)
+      # Past d's length the damped point is d itself (lam = mu), exactly,
+      # so that rounding never breaks the tie between the two.
+      points = jnp.where(
+        (taus < 1)[:, None],
+        to_params(vectors @ (c[:, None] / (eigenvalues[:, None] + lams))).T,
+        d,
       )
-    )(targets)
-    points = to_params(vectors @ (c[:, None] / (eigenvalues[:, None] + lams))).T
-    values = values_at(objective, params, unravel, points)
+      return (
+        radii,
+        points,
+        values_at(objective, params, unravel, points),
+        taus,
+        values_at(objective, params, unravel, taus[:, None] * d),
+      )
+
+    def longest_is_best(found):
+      radii, _, values, _, gn_values = found
+      return (radii[-1] < d_norm) & (
+        jnp.minimum(values[-1], gn_values[-1])
+        <= jnp.minimum(jnp.min(values), jnp.min(gn_values))
+      )
+
+    # While the longest step of the grid is the best, the grid moves up by
+    # its span (its shortest radius is the last one's longest): a line
+    # search along the Levenberg-Marquardt curve, so that a region far too
+    # small grows to its scale within one factorization, not one per
+    # iteration (Dennis & Schnabel's internal doubling).
+    span = SEARCH_SCALES[-1] / SEARCH_SCALES[0]
+    _, (radii, points, values, taus, gn_values) = jax.lax.while_loop(
+      lambda carry: (carry[0] < SEARCH_EXTENSIONS) & longest_is_best(carry[1]),
+      lambda carry: (carry[0] + 1, candidates(carry[1][0] * span)),
+      (0, candidates(jnp.asarray(SEARCH_SCALES, dtype) * radius)),
+    )
     k = jnp.argmin(values)
-    # The Gauss-Newton step over the same radii, for a fair choice.
-    taus = jnp.minimum(1.0, radii / d_norm)
-    gn_values = values_at(objective, params, unravel, taus[:, None] * d)
     j = jnp.argmin(gn_values)
     keep = (tau >= DAMPED_BELOW) & ~(values[k] < gn_values[j])
     gauss_newton = (taus[j] * d, jnp.asarray(False), taus[j] * d_norm)
-    damped = (points[k], jnp.asarray(True), radii[k])
+    damped = (points[k], jnp.asarray(True), jnp.minimum(radii[k], d_norm))
     return jax.tree.map(
       lambda a, b: jnp.where(keep, a, b), gauss_newton, damped
     )
 
   return solve
+
+
+def in_float32(low: jax.Array | bool, fun: Callable, operand: jax.Array):
+  """``fun(operand)``, computed in float32 where ``low`` holds and
+  ``operand`` is float64 (the results cast back to float64), else in
+  ``operand``'s dtype: only the taken branch runs (``jax.lax.cond``)."""
+  if operand.dtype != jnp.float64 or low is False:
+    return fun(operand)
+  return jax.lax.cond(
+    low,
+    lambda: jax.tree.map(
+      lambda y: y.astype(operand.dtype), fun(operand.astype(jnp.float32))
+    ),
+    lambda: fun(operand),
+  )
 
 
 def values_at(loss, params, unravel, steps: jax.Array) -> jax.Array:

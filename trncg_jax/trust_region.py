@@ -806,6 +806,8 @@ def trust_region_step(
     preconditioner = factors.preconditioner(grad)
   finish_mode = newton_mode(hp, params, curvature_fun)
 
+  damped = state.info.cg_status == CGStatus.DAMPED
+
   def gauss_newton_solver():
     return dense_solver(
       curvature_fun,
@@ -813,6 +815,9 @@ def trust_region_step(
       grad,
       hp.dense_damping,
       loss_only(fun, hp.has_aux),  # the damped search picks by the loss
+      # After a damped step, far from a minimizer, the model's own error
+      # dwarfs float32's: B in float32 halves the cost of the iteration.
+      damped,
     )
 
   def cg_solve(radius, _):
@@ -936,9 +941,7 @@ def trust_region_step(
     )
 
   def iterate(solve, searched: bool) -> Attempt:
-    last = attempt(
-      solve, searched, radius, state.info.cg_status == CGStatus.DAMPED, 1
-    )
+    last = attempt(solve, searched, radius, damped, 1)
     if dense:
       # A rejected step is tried again at the shrunk radius from the same
       # factorization, within the iteration (the inner loop of MINPACK's
