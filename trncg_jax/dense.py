@@ -220,10 +220,10 @@ def dense_solver(
   """The factorization of :func:`dense_gauss_newton` at ``params``, once:
   returns ``solve(radius, damped)``, whose calls cost a product with ``J``
   and, in damped mode, an eigendecomposition and ten values of
-  ``objective`` for each grid of radii searched (``loss`` when ``None``; the trust region passes its own
-  loss, which differs from ``loss`` with a sub-batch's curvature), so that
-  a rejected step can be tried again at a smaller radius without forming
-  ``J`` again.
+  ``objective`` for each grid of radii searched (``loss`` when ``None``;
+  the trust region passes its own loss, which differs from ``loss`` with a
+  sub-batch's curvature), so that a rejected step can be tried again at a
+  smaller radius without forming ``J`` again.
 
   Where ``low_precision`` (a traced bool) holds and the params are float64,
   ``B``, its Cholesky factor and its eigendecomposition are computed in
