@@ -454,9 +454,13 @@ def test_a_rejected_step_is_retried_within_the_iteration(monkeypatch):
     state = trncg_jax.trncg_init(
       x, hvp_mode="gauss_newton", solver="dense", initial_radius=1e3
     )
+    # Traced afresh for each DENSE_TRIALS (a new function: JAX caches traces
+    # by function); eager calls would compile every loop and branch again
+    # on each call.
+    update = jax.jit(lambda x, state: trncg_jax.trncg_update(x, state, loss))
     points, trials = [], 0
     for _ in range(iterations):
-      x, state = trncg_jax.trncg_update(x, state, loss)
+      x, state = update(x, state)
       trials += int(state.info.trials)
       if bool(state.info.accepted):
         points.append(np.asarray(x))
