@@ -293,11 +293,10 @@ def test_work_counts():
 
 
 # Compiling each optimizer for each heat problem takes most of the tiny
-# run (7.7 of its 8.5 minutes on 2 cores; 4.5 minutes without the three):
-# the default run leaves out the
-# three whose programs no other optimizer's outputs stand in for least (the
-# paper's TRNCG is trncg with other constants; L-BFGS and nonlinear CG are
-# baselines, as Adam is), and the slow run covers all seven.
+# run (7.7 of its 8.5 minutes on 2 cores; 4.5 minutes without the three
+# left out here). The default run leaves out the three that others stand in
+# for best (the paper's TRNCG is trncg with other constants; L-BFGS and
+# nonlinear CG are baselines, as Adam is); the slow run covers all seven.
 FAST_OPTIMIZERS = ("trncg", "trncg_gn", "trncg_gn_nystrom", "adam")
 
 
