@@ -440,8 +440,10 @@ def uses_dense_solver(
   n_params = optax.tree.size(params)
   if not isinstance(loss, LeastSquares):  # no residuals to count
     return n_params <= DENSE_MAX_PARAMS
+  # Shapes alone (optax.tree.size would call jnp.size on them, which JAX
+  # deprecates for ShapeDtypeStruct).
   residuals = jax.eval_shape(loss.residual_fn, params)
-  n_residuals = optax.tree.size(residuals)
+  n_residuals = sum(leaf.size for leaf in jax.tree.leaves(residuals))
   if n_residuals * n_params > DENSE_MAX_ENTRIES:
     return False
   if loss.jacobian_fn is None:
