@@ -85,6 +85,7 @@ def fast_run(tmp_path_factory):
     return out, list(csv.DictReader(f))
 
 
+@pytest.mark.xdist_group("cutest_fast_run")
 def test_trncg_defaults_solve_the_problems_they_used_to_fail(fast_run):
   """BROWNBS (its minimizer 1e6 from the start: max_radius 10 could not get
   there in 1000 steps) and LUKSAN15LS, KIRBY2LS (the radius collapsed at the
@@ -102,6 +103,7 @@ def test_trncg_defaults_solve_the_problems_they_used_to_fail(fast_run):
     )
 
 
+@pytest.mark.xdist_group("cutest_fast_run")
 def test_outputs_are_written(fast_run):
   out, rows = fast_run
   assert len(rows) == 6
