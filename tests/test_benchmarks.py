@@ -299,6 +299,9 @@ def test_work_counts():
 # Nystrom preconditioner has its own tests, L-BFGS and nonlinear CG are
 # baselines, as Adam is), and the slow run covers all seven.
 FAST_OPTIMIZERS = ("trncg", "trncg_gn", "adam")
+# One xdist worker runs the tests of this group in turn, so that the later
+# ones read the heat programs they share from the compilation cache.
+paper_heat = pytest.mark.xdist_group("paper_heat")
 
 
 @pytest.fixture(
@@ -315,9 +318,7 @@ def tiny_run(request, tmp_path_factory):
   return out, results, set(request.param or paper.make_optimizers())
 
 
-# One xdist worker runs the tests of this group in turn, so that the later
-# ones read the heat programs they share from the compilation cache.
-@pytest.mark.xdist_group("paper_heat")
+@paper_heat
 def test_tiny_run_covers_every_problem_and_optimizer(tiny_run):
   out, results, optimizers = tiny_run
   problems = set(paper.TINY.functions) | {"heat", "heat_smooth"}
@@ -376,7 +377,7 @@ def test_tiny_run_covers_every_problem_and_optimizer(tiny_run):
     assert f"({name}.png)" in report
 
 
-@pytest.mark.xdist_group("paper_heat")
+@paper_heat
 def test_fixed_pinn_budget_and_chosen_optimizers(tmp_path):
   results = paper.main(
     [
@@ -403,9 +404,7 @@ def test_fixed_pinn_budget_and_chosen_optimizers(tmp_path):
 @pytest.mark.parametrize(
   "notebook",
   [
-    pytest.param(p, marks=pytest.mark.xdist_group("paper_heat"))
-    if p.name == "02_heat_pinn.ipynb"
-    else p
+    pytest.param(p, marks=paper_heat) if p.name == "02_heat_pinn.ipynb" else p
     for p in sorted((ROOT / "notebooks").glob("*.ipynb"))
   ],
   ids=lambda p: p.name,
