@@ -73,8 +73,9 @@ def steps_that_fit(steps: int, seconds_left: float, per_step: float) -> int:
   """``steps``, or the largest power of two of steps below it that the
   budget's ``seconds_left`` still holds at ``per_step`` seconds a step (one
   at least): the last calls shrink instead of overrunning the budget by a
-  whole call, and their sizes, each one compile, are at most ``log2(steps)``
-  more."""
+  whole call. Their sizes are at most ``log2(steps)`` more, and those of up
+  to 15 steps share one compiled loop with calls of up to 15 (``solve``
+  rounds its history up to 16 entries at least)."""
   fit = seconds_left / max(per_step, 1e-12)
   if fit >= steps:
     return steps

@@ -1,5 +1,7 @@
 """The jitted driver: same iterates as a Python loop, stopping rules, logging."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,6 +62,34 @@ def test_continuing_with_the_default_optimizer_reuses_the_compiled_loop():
     res = trncg_jax.solve(rosenbrock, res.params, max_steps=3, state=res.state)
   # No new jitted loop, so no recompilation (a fresh trncg() per call missed).
   assert _build_run.cache_info().misses == misses
+
+
+def test_runs_of_other_lengths_share_one_compiled_loop():
+  # The module, not the function that trncg_jax exports under its name.
+  solve_module = importlib.import_module("trncg_jax.solve")
+  x0 = jnp.array([-1.2, 1.0, 0.75])
+  optimizer = optax.adam(1e-2)
+  run = lambda n: trncg_jax.solve(
+    rosenbrock, x0, optimizer=optimizer, max_steps=n
+  )
+  whole = run(13)
+  compiled = len(solve_module._COMPILED)
+  # Up to 15 steps need at most 16 history entries: one loop of 16 slots.
+  short = run(2)
+  assert len(solve_module._COMPILED) == compiled
+  assert short.num_steps == 2 and short.history["loss"].shape == (3,)
+  # Adam's steps do not depend on the run's length: the same first 2.
+  np.testing.assert_array_equal(
+    short.history["loss"], whole.history["loss"][:3]
+  )
+  # Traced (here under vmap), the history has the documented length too.
+  batched = jax.vmap(
+    lambda x: trncg_jax.solve(rosenbrock, x, optimizer=optimizer, max_steps=2)
+  )(x0[None])
+  assert batched.history["loss"].shape == (1, 3)
+  np.testing.assert_allclose(batched.params[0], short.params, rtol=1e-12)
+  run(17)  # 18 entries: the next power of two, a new loop
+  assert len(solve_module._COMPILED) == compiled + 1
 
 
 def test_stopping_rules():

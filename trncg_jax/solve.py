@@ -188,8 +188,7 @@ def _implicit_cotangent(loss_fn, has_aux, params, args, cotangent):
 def _build_run(
   loss_fn,
   optimizer,
-  max_steps,
-  progress_every,
+  slots,
   with_callback,
   has_aux,
   history_every,
@@ -197,7 +196,19 @@ def _build_run(
 ):
   opt = optax.with_extra_args_support(optimizer)
 
-  def loop(params, state, args, loss_tol, grad_tol, min_radius, run_id):
+  # max_steps and progress_every are arguments, not constants, so that runs
+  # of other lengths (a chunked run's shorter last calls) share one loop.
+  def loop(
+    params,
+    state,
+    args,
+    loss_tol,
+    grad_tol,
+    min_radius,
+    max_steps,
+    progress_every,
+    run_id,
+  ):
     full_fun = bind(loss_fn, *args)  # a LeastSquares loss stays one
     fun = loss_only(full_fun, has_aux)
     if state is None:  # built here: no eager op per leaf, no input buffers
@@ -240,7 +251,6 @@ def _build_run(
     # Step k is written to slot ceil(k / history_every): slot j ends up
     # holding step j * history_every, and the slot after the last multiple
     # holds the final step, whatever it is.
-    slots = -(-max_steps // history_every) + 1
     history = {
       "step": jnp.zeros(slots, jnp.int32),
       "loss": jnp.zeros(slots, value0.dtype),
@@ -348,16 +358,12 @@ def _build_run(
   # arguments through the Hessian at the solution; the start, the state and
   # the tolerances get none (the minimizer does not depend on them).
   @jax.custom_vjp
-  def run(params, state, args, loss_tol, grad_tol, min_radius, run_id):
-    return loop(params, state, args, loss_tol, grad_tol, min_radius, run_id)
+  def run(params, state, args, *controls):
+    return loop(params, state, args, *controls)
 
-  def run_fwd(params, state, args, loss_tol, grad_tol, min_radius, run_id):
-    out = loop(params, state, args, loss_tol, grad_tol, min_radius, run_id)
-    return out, (
-      out[0],
-      args,
-      (params, state, loss_tol, grad_tol, min_radius, run_id),
-    )
+  def run_fwd(params, state, args, *controls):
+    out = loop(params, state, args, *controls)
+    return out, (out[0], args, (params, state, *controls))
 
   def run_bwd(residuals, cotangents):
     solution, args, others = residuals
@@ -408,6 +414,16 @@ def _compiled(run, *inputs):
 
 #: The most history entries :func:`solve` allocates by default.
 _HISTORY_ENTRIES = 10_000
+
+
+def _history_slots(entries: int) -> int:
+  """The slots allocated for ``entries`` history entries: the next power of
+  two, at least 16, so that runs of other lengths share one compiled loop
+  (a chunked run's calls of 10 steps and its shorter last ones), but no more
+  than the default's cap where that holds them."""
+  if entries > _HISTORY_ENTRIES + 1:
+    return entries
+  return min(max(16, 1 << (entries - 1).bit_length()), _HISTORY_ENTRIES + 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -469,7 +485,10 @@ def solve(
       is allocated up front, ``max_steps / history_every + 1`` entries per
       field, so ``None`` picks ``ceil(max_steps / 10_000)``: every step up to
       10,000 steps, and at most 10,001 entries (a few MB) however large
-      ``max_steps`` is.
+      ``max_steps`` is. Below that cap the entries are rounded up to a power
+      of two (at least 16), and ``max_steps`` and ``progress_every`` are
+      inputs of the compiled loop, not constants: runs of other lengths that
+      round to the same number reuse it rather than compile again.
     differentiate: how derivatives of the result's ``params`` are taken.
       ``"implicit"`` (the default): ``jax.grad`` (reverse mode) by the
       implicit function theorem at the solution, ``dx*/dtheta = -H^{-1}
@@ -552,30 +571,31 @@ def solve(
     for x in jax.tree.leaves((params, args, state))
   )
   with_callback = bool(progress or log_fn is not None) and not traced
+  entries = -(-int(max_steps) // int(history_every)) + 1
   run = _build_run(
     loss_fn,
     optimizer,
-    int(max_steps),
-    int(progress_every),
+    _history_slots(entries),
     with_callback,
     bool(has_aux),
     int(history_every),
     differentiate,
   )
   dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
-  tolerances = tuple(
+  controls = tuple(
     jnp.asarray(t, dtype) for t in (loss_tol, grad_tol, min_radius)
-  )
+  ) + (jnp.int32(max_steps), jnp.int32(progress_every))
   # state None: the loop builds optimizer.init(params) itself.
   run_id = next(_RUN_IDS)
   if traced:
     params, state, history, k, status = run(
-      params, state, args, *tolerances, run_id
+      params, state, args, *controls, run_id
     )
+    history = jax.tree.map(lambda v: v[:entries], history)
     return SolveResult(params, state, history, k, status, math.nan, math.nan)
 
   start = time.perf_counter()
-  compiled = _compiled(run, params, state, args, *tolerances, run_id)
+  compiled = _compiled(run, params, state, args, *controls, run_id)
   compile_seconds = time.perf_counter() - start
 
   bar = None
@@ -587,11 +607,11 @@ def solve(
   out = None
   # The state's arrays may still be in flight from init (eager ops run
   # asynchronously): wait for them, so that run_seconds is the loop alone.
-  jax.block_until_ready((params, state, args, tolerances))
+  jax.block_until_ready((params, state, args, controls))
   try:
     start = time.perf_counter()
     out = jax.block_until_ready(
-      compiled(params, state, args, *tolerances, run_id)
+      compiled(params, state, args, *controls, run_id)
     )
     jax.effects_barrier()
     run_seconds = time.perf_counter() - start
