@@ -105,6 +105,40 @@ def test_gauss_newton_product_is_two_jt_j_in_closed_form():
   assert not np.allclose(hessian_v["w"], out["w"], rtol=1e-3)
 
 
+def test_gauss_newton_product_from_the_jacobian_fn(monkeypatch):
+  """With a ``jacobian_fn``, the product is ``2 J^T (J v)`` of the given
+  ``J`` (the closed form); a ``jacobian_fn`` that doubles ``J`` quadruples
+  the product, so the given ``J`` is what is used. Past
+  ``DENSE_MAX_ENTRIES`` entries of ``J`` the residuals are linearized
+  instead, and the doubled ``J`` is ignored."""
+  from trncg_jax import least_squares
+
+  def jacobian(params, a, y, scale=1.0):
+    e = jnp.exp(a @ params["w"])
+    return {"w": scale * e[:, None] * a, "b": scale * jnp.ones_like(y)}
+
+  params, a, y = _data()
+  v = {"w": jnp.array([0.3, -1.0, 2.0]), "b": jnp.asarray(-0.7)}
+  jac = exp_jacobian(params, a)
+  v_flat = np.concatenate([np.asarray(v["w"]), [float(v["b"])]])
+  expected = 2 * jac.T @ (jac @ v_flat)
+
+  def product(scale):
+    loss = trncg_jax.LeastSquares(
+      exp_residuals, lambda p, a, y: jacobian(p, a, y, scale)
+    ).bind(a, y)
+    out = jax.jit(lambda p, v: make_hvp(loss, p, "gauss_newton")(v))(params, v)
+    assert jax.tree.structure(out) == jax.tree.structure(params)
+    dtypes = lambda t: jax.tree.map(lambda x: x.dtype, t)
+    assert dtypes(out) == dtypes(params)
+    return np.concatenate([np.asarray(out["w"]), [float(out["b"])]])
+
+  np.testing.assert_allclose(product(1.0), expected, rtol=1e-12)
+  np.testing.assert_allclose(product(2.0), 4 * expected, rtol=1e-12)
+  monkeypatch.setattr(least_squares, "DENSE_MAX_ENTRIES", 4 * a.shape[0] - 1)
+  np.testing.assert_allclose(product(2.0), expected, rtol=1e-12)
+
+
 def test_linear_least_squares_solved_in_one_step():
   """For r = A x - b, G is the Hessian 2 A^T A: one full CG solve inside a
   large radius lands on the least-squares solution of NumPy's lstsq."""

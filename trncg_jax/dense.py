@@ -42,7 +42,11 @@ from jax.flatten_util import ravel_pytree
 
 from trncg_jax._checks import norm_exponent, scale_tree
 from trncg_jax.hvp import jaxprs_in
-from trncg_jax.least_squares import LeastSquares, check_residuals
+from trncg_jax.least_squares import (
+  LeastSquares,
+  check_residuals,
+  raveled_jacobian,
+)
 from trncg_jax.status import CGStatus, first_true
 from trncg_jax.steihaug import SteihaugResult
 
@@ -110,7 +114,7 @@ def residual_jacobian(loss: LeastSquares, params: Any) -> jax.Array:
   check_residuals(loss, params)
   flat, unravel = ravel_pytree(params)
   if loss.jacobian_fn is not None:
-    return _raveled_jacobian(loss, params, flat.dtype).T
+    return raveled_jacobian(loss, params, flat.dtype).T
   residuals = lambda x: ravel_pytree(loss.residual_fn(unravel(x)))[0]
   return columns(jax.linearize(residuals, flat)[1], flat)
 
@@ -124,33 +128,6 @@ def columns(linear: Callable[[jax.Array], jax.Array], flat: jax.Array):
   return jax.lax.map(
     linear, jnp.eye(flat.size, dtype=flat.dtype), batch_size=batch
   )
-
-
-def _raveled_jacobian(loss: LeastSquares, params: Any, dtype) -> jax.Array:
-  """``loss.jacobian_fn(params)`` as the ``N x P`` matrix of the raveled
-  residuals and params (the orders of ``ravel_pytree``)."""
-  residuals = jax.eval_shape(loss.residual_fn, params)
-  jacobian = loss.jacobian_fn(params)
-  expected = jax.tree.map(
-    lambda r: jax.tree.map(lambda x: r.shape + jnp.shape(x), params),
-    residuals,
-  )
-  if jax.tree.map(jnp.shape, jacobian) != expected:
-    raise TypeError(
-      "LeastSquares: jacobian_fn must return the layout of "
-      f"jax.jacrev(residual_fn)(params), shapes {expected}; got "
-      f"{jax.tree.map(jnp.shape, jacobian)}."
-    )
-  rows = [
-    jnp.concatenate(
-      [x.reshape(r.size, -1).astype(dtype) for x in jax.tree.leaves(block)], 1
-    )
-    for r, block in zip(
-      jax.tree.leaves(residuals),
-      jax.tree.structure(residuals).flatten_up_to(jacobian),
-    )
-  ]
-  return jnp.concatenate(rows, 0)
 
 
 def dense_gauss_newton(

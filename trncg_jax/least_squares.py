@@ -15,6 +15,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
+
+#: The most entries of ``J`` that are ever formed (the dense solver's, and
+#: the Gauss-Newton product's with a ``jacobian_fn``): 2^27, 1 GiB in
+#: float64.
+DENSE_MAX_ENTRIES = 2**27
 
 
 class LeastSquares:
@@ -34,9 +40,11 @@ class LeastSquares:
       ``jacobian_fn(params, *args, **kwargs)`` returns the residuals'
       Jacobian in the layout of ``jax.jacrev(residual_fn)(params, *args)``
       (for each residual array of shape ``s``, a pytree like params with
-      leaves of shape ``s + leaf.shape``). Only the dense Gauss-Newton
-      solver uses it. Give it when the Jacobian is much cheaper than ``P``
-      JVPs: residuals that each depend on one data point (a PINN's
+      leaves of shape ``s + leaf.shape``). The dense Gauss-Newton solver
+      uses it instead of ``P`` JVPs, and CG's Gauss-Newton products
+      (:func:`gauss_newton_product`) as ``2 J^T (J v)``. Give it when the
+      Jacobian is much cheaper than ``P`` JVPs: residuals that each depend
+      on one data point (a PINN's
       collocation points, a regression's samples) have it as per-point
       gradients, ``jax.vmap(jax.grad(point_residual), (None, 0))``, at about
       the cost of one gradient of the loss.
@@ -160,8 +168,14 @@ def gauss_newton_product(
 ) -> Callable[[Any], Any]:
   """Returns ``v -> G v`` with ``G = 2 J^T J``, ``J`` the residuals' Jacobian.
 
-  The residuals are linearized once (``jax.linearize``), so each product is
-  the linear JVP and its transpose: no primal recomputation, no Hessian.
+  With a ``jacobian_fn`` and at most :data:`DENSE_MAX_ENTRIES` entries of
+  ``J``, ``J`` is formed once (about a gradient's cost for per-point
+  residuals) and each product is two matrix-vector products; otherwise the
+  residuals are linearized once (``jax.linearize``), and each product is
+  the linear JVP and its transpose. Either way: no primal recomputation, no
+  Hessian. On the heat PINN at 10,000 points (2,521 params) a product from
+  ``J`` costs about a quarter of a linearized one once ``J`` is formed
+  (docs/benchmarks.md, "How the defaults were chosen").
 
   Args:
     loss: a :class:`LeastSquares` loss of params alone (see :meth:`bind`).
@@ -169,9 +183,21 @@ def gauss_newton_product(
 
   Raises:
     TypeError: if ``loss`` is not a :class:`LeastSquares`, or its residuals
-      are not float arrays.
+      are not float arrays, or ``jacobian_fn``'s output is not laid out like
+      ``jax.jacrev(residual_fn)(params)``.
   """
   check_residuals(loss, params)
+  flat, unravel = ravel_pytree(params)
+  if (
+    loss.jacobian_fn is not None
+    and residual_count(loss, params) * flat.size <= DENSE_MAX_ENTRIES
+  ):
+    # Materialized, so that XLA does not recompute J's producers inside
+    # every product (see dense_solver).
+    jac = jax.lax.optimization_barrier(
+      raveled_jacobian(loss, params, flat.dtype)
+    )
+    return lambda v: unravel(2.0 * (jac.T @ (jac @ ravel_pytree(v)[0])))
   _, jvp = jax.linearize(loss.residual_fn, params)
   vjp = jax.linear_transpose(jvp, params)
   return lambda v: optax.tree.scale(2.0, vjp(jvp(v))[0])
@@ -193,3 +219,43 @@ def check_residuals(loss: Any, params: Any) -> None:
         f"LeastSquares: residuals must be real float arrays, "
         f"got dtype {r.dtype}."
       )
+
+
+def residual_count(loss: LeastSquares, params: Any) -> int:
+  """The number of residuals ``N`` at ``params``, from shapes alone
+  (``optax.tree.size`` would call ``jnp.size`` on them, which JAX deprecates
+  for ``ShapeDtypeStruct``)."""
+  residuals = jax.eval_shape(loss.residual_fn, params)
+  return sum(leaf.size for leaf in jax.tree.leaves(residuals))
+
+
+def raveled_jacobian(loss: LeastSquares, params: Any, dtype) -> jax.Array:
+  """``loss.jacobian_fn(params)`` as the ``N x P`` matrix of the raveled
+  residuals and params (the orders of ``ravel_pytree``).
+
+  Raises:
+    TypeError: if ``jacobian_fn``'s output is not laid out like
+      ``jax.jacrev(residual_fn)(params)``.
+  """
+  residuals = jax.eval_shape(loss.residual_fn, params)
+  jacobian = loss.jacobian_fn(params)
+  expected = jax.tree.map(
+    lambda r: jax.tree.map(lambda x: r.shape + jnp.shape(x), params),
+    residuals,
+  )
+  if jax.tree.map(jnp.shape, jacobian) != expected:
+    raise TypeError(
+      "LeastSquares: jacobian_fn must return the layout of "
+      f"jax.jacrev(residual_fn)(params), shapes {expected}; got "
+      f"{jax.tree.map(jnp.shape, jacobian)}."
+    )
+  rows = [
+    jnp.concatenate(
+      [x.reshape(r.size, -1).astype(dtype) for x in jax.tree.leaves(block)], 1
+    )
+    for r, block in zip(
+      jax.tree.leaves(residuals),
+      jax.tree.structure(residuals).flatten_up_to(jacobian),
+    )
+  ]
+  return jnp.concatenate(rows, 0)

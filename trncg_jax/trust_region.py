@@ -46,8 +46,10 @@ from trncg_jax._checks import (
 )
 from trncg_jax.dense import dense_solver, newton_solver
 from trncg_jax.least_squares import (
+  DENSE_MAX_ENTRIES,
   LeastSquares,
   reduction,
+  residual_count,
   value_grad_residuals,
 )
 from trncg_jax.loss import (
@@ -79,9 +81,6 @@ SOLVERS = (CG, DENSE, AUTO)
 #: second on 2 CPU cores), and the Jacobian 2048 JVPs, the order of what a few
 #: hundred CG steps of HVPs cost.
 DENSE_MAX_PARAMS = 2048
-#: The most entries of ``J`` that ``solver="auto"`` forms: 2^27, 1 GiB in
-#: float64.
-DENSE_MAX_ENTRIES = 2**27
 #: With a ``jacobian_fn`` (``J`` costs about one gradient), the most
 #: multiply-adds of forming ``2 J^T J`` or ``2 J J^T``, ``N P min(N, P)``,
 #: for which ``solver="auto"`` takes the dense step: 2^36, which admits the
@@ -440,10 +439,7 @@ def uses_dense_solver(
   n_params = optax.tree.size(params)
   if not isinstance(loss, LeastSquares):  # no residuals to count
     return n_params <= DENSE_MAX_PARAMS
-  # Shapes alone (optax.tree.size would call jnp.size on them, which JAX
-  # deprecates for ShapeDtypeStruct).
-  residuals = jax.eval_shape(loss.residual_fn, params)
-  n_residuals = sum(leaf.size for leaf in jax.tree.leaves(residuals))
+  n_residuals = residual_count(loss, params)
   if n_residuals * n_params > DENSE_MAX_ENTRIES:
     return False
   if loss.jacobian_fn is None:
