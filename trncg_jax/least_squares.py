@@ -44,10 +44,10 @@ class LeastSquares:
       uses it instead of ``P`` JVPs, and CG's Gauss-Newton products
       (:func:`gauss_newton_product`) as ``2 J^T (J v)``. Give it when the
       Jacobian is much cheaper than ``P`` JVPs: residuals that each depend
-      on one data point (a PINN's
-      collocation points, a regression's samples) have it as per-point
-      gradients, ``jax.vmap(jax.grad(point_residual), (None, 0))``, at about
-      the cost of one gradient of the loss.
+      on one data point (a PINN's collocation points, a regression's
+      samples) have it as per-point gradients,
+      ``jax.vmap(jax.grad(point_residual), (None, 0))``, at about the cost
+      of one gradient of the loss.
 
   Examples:
     >>> import jax.numpy as jnp, trncg_jax
