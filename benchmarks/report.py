@@ -51,7 +51,8 @@ SECTIONS = (
     " Zeinhofer (NeurIPS 2024) published for the same set-ups (1000 s on a"
     ' GPU). `trncg_gn` is `trncg(hvp_mode="gauss_newton")` with no other'
     " argument: the dense solver, since the losses give their Jacobian as"
-    " per-point gradients (`jacobian_fn`); `trncg_gn_cg` forces CG-Steihaug;"
+    " per-point gradients (`jacobian_fn`); `trncg_gn_cg` forces CG-Steihaug,"
+    " and `trncg_gn_nystrom` preconditions it with a rank-50 Nystrom sketch;"
     " Adam's learning rate is the best of 1e-4, 1e-3 and 1e-2.",
     (
       "results/pinn_poisson_257/pinn.md",
