@@ -174,8 +174,8 @@ def gauss_newton_product(
   residuals are linearized once (``jax.linearize``), and each product is
   the linear JVP and its transpose. Either way: no primal recomputation, no
   Hessian. On the heat PINN at 10,000 points (2,521 params) a product from
-  ``J`` costs about a quarter of a linearized one once ``J`` is formed
-  (docs/benchmarks.md, "How the defaults were chosen").
+  ``J`` costs about a sixth of a linearized one once ``J`` is formed (26 ms
+  against 170 ms; docs/benchmarks.md, "How the defaults were chosen").
 
   Args:
     loss: a :class:`LeastSquares` loss of params alone (see :meth:`bind`).
