@@ -9,9 +9,9 @@ import scipy.optimize
 import trncg_jax
 from trncg_jax import dense, trust_region
 from trncg_jax.hvp import make_hvp
+from trncg_jax.least_squares import DENSE_MAX_ENTRIES
 from trncg_jax.status import CGStatus
 from trncg_jax.trust_region import (
-  DENSE_MAX_ENTRIES,
   DENSE_MAX_FLOPS,
   DENSE_MAX_PARAMS,
   TRNCGHyperparams,

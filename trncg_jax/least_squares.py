@@ -187,11 +187,8 @@ def gauss_newton_product(
       ``jax.jacrev(residual_fn)(params)``.
   """
   check_residuals(loss, params)
-  flat, unravel = ravel_pytree(params)
-  if (
-    loss.jacobian_fn is not None
-    and residual_count(loss, params) * flat.size <= DENSE_MAX_ENTRIES
-  ):
+  if loss.jacobian_fn is not None and jacobian_fits(loss, params):
+    flat, unravel = ravel_pytree(params)
     # Materialized, so that XLA does not recompute J's producers inside
     # every product (see dense_solver).
     jac = jax.lax.optimization_barrier(
@@ -227,6 +224,14 @@ def residual_count(loss: LeastSquares, params: Any) -> int:
   for ``ShapeDtypeStruct``)."""
   residuals = jax.eval_shape(loss.residual_fn, params)
   return sum(leaf.size for leaf in jax.tree.leaves(residuals))
+
+
+def jacobian_fits(loss: LeastSquares, params: Any) -> bool:
+  """Whether ``J`` at ``params`` has at most :data:`DENSE_MAX_ENTRIES`
+  entries: the bound on every ``J`` that is formed."""
+  return residual_count(loss, params) * optax.tree.size(params) <= (
+    DENSE_MAX_ENTRIES
+  )
 
 
 def raveled_jacobian(loss: LeastSquares, params: Any, dtype) -> jax.Array:

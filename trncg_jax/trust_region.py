@@ -46,8 +46,8 @@ from trncg_jax._checks import (
 )
 from trncg_jax.dense import dense_solver, newton_solver
 from trncg_jax.least_squares import (
-  DENSE_MAX_ENTRIES,
   LeastSquares,
+  jacobian_fits,
   reduction,
   residual_count,
   value_grad_residuals,
@@ -192,7 +192,8 @@ class TRNCGHyperparams:
       Gauss-Newton fit, whose model misses the residuals' curvature along
       flat directions. ``"auto"`` (the
       default): ``"dense"`` for Gauss-Newton without a preconditioner when
-      ``N P`` is at most :data:`DENSE_MAX_ENTRIES` and either ``P`` is at
+      ``N P`` is at most
+      :data:`trncg_jax.least_squares.DENSE_MAX_ENTRIES` and either ``P`` is at
       most :data:`DENSE_MAX_PARAMS` or the loss has a ``jacobian_fn`` and
       ``N P m`` is at most :data:`DENSE_MAX_FLOPS`; ``"cg"`` otherwise.
     dense_damping: ``mu`` of ``solver="dense"`` relative to the mean
@@ -439,11 +440,11 @@ def uses_dense_solver(
   n_params = optax.tree.size(params)
   if not isinstance(loss, LeastSquares):  # no residuals to count
     return n_params <= DENSE_MAX_PARAMS
-  n_residuals = residual_count(loss, params)
-  if n_residuals * n_params > DENSE_MAX_ENTRIES:
+  if not jacobian_fits(loss, params):
     return False
   if loss.jacobian_fn is None:
     return n_params <= DENSE_MAX_PARAMS
+  n_residuals = residual_count(loss, params)
   m = min(n_residuals, n_params)
   return n_residuals * n_params * m <= DENSE_MAX_FLOPS
 
